@@ -1,0 +1,283 @@
+"""
+Projected Compression (PC) and hard pruning (HPR) for the GPT of gpt.py.
+
+PC shrinks the residual width D -> d and every block's MLP width F -> f. For each frozen base matrix
+W (torch layout: out x in) it trains small projections and a residual, and never changes W:
+
+    W_c = P_out @ W @ P_in + R      P_in: in x in_c,  P_out: out_c x out,  R: out_c x in_c
+
+A matrix with only one compressed axis keeps only that side's projection. The compressed model is an
+ordinary GPT whose matrices are the W_c. Each P starts as the 0/1 matrix that selects the dimensions
+hard pruning would keep, and R starts at zero, so at step 0 PC *is* the hard-pruned model; training
+then lets every base dimension leak back in through P.
+
+Why it costs what HPR costs (the paper's section 3.4): per optimizer step we compute every W_c once,
+load the values into the compressed GPT, run all micro-batches through that plain GPT exactly as HPR
+would, and only then push the accumulated dL/dW_c through the small saved graph into P and R. The
+projection work is a fixed cost per step, independent of the number of tokens.
+
+    pc.materialize()                       # W_c = P_out W P_in + R, once per step
+    for x, y in micro_batches:             # plain GPT forward/backward, like HPR
+        loss = pc.gpt(x, y)[1] / n; loss.backward()
+    pc.backward_projections()              # dL/dW_c -> dL/dP, dL/dR, one autograd call
+    optimizer.step()
+"""
+import re
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from gpt import GPT, param_counts
+
+# The one table everything below reads. For each GPT tensor (block index written as '*'), the role of
+# each axis: 'D' = residual width, 'F' = that block's MLP width, None = kept as is (vocabulary,
+# positions, attention width). Importance, pruning, projection and merge all follow it.
+AXES = {
+    'transformer.wte.weight':             (None, 'D'),   # vocab x D
+    'transformer.wpe.weight':             (None, 'D'),   # positions x D
+    'transformer.h.*.ln_1.weight':        ('D',),
+    'transformer.h.*.ln_1.bias':          ('D',),
+    'transformer.h.*.attn.c_attn.weight': (None, 'D'),   # 3*attention width x D
+    'transformer.h.*.attn.c_attn.bias':   (None,),
+    'transformer.h.*.attn.c_proj.weight': ('D', None),   # D x attention width
+    'transformer.h.*.attn.c_proj.bias':   ('D',),
+    'transformer.h.*.ln_2.weight':        ('D',),
+    'transformer.h.*.ln_2.bias':          ('D',),
+    'transformer.h.*.mlp.c_fc.weight':    ('F', 'D'),
+    'transformer.h.*.mlp.c_fc.bias':      ('F',),
+    'transformer.h.*.mlp.c_proj.weight':  ('D', 'F'),
+    'transformer.h.*.mlp.c_proj.bias':    ('D',),
+    'transformer.ln_f.weight':            ('D',),
+    'transformer.ln_f.bias':              ('D',),
+    'lm_head.weight':                     (None, 'D'),   # vocab x D (absent when tied to wte)
+}
+
+
+def axes_of(name):
+    return AXES[re.sub(r'\.h\.\d+\.', '.h.*.', name)]
+
+
+def layer_of(name):
+    m = re.search(r'\.h\.(\d+)\.', name)
+    return int(m.group(1)) if m else None
+
+
+def kept(keep, role, layer):
+    """Indices kept along an axis of this role (None: the axis is not compressed)."""
+    if role is None:
+        return None
+    return keep['D'] if role == 'D' else keep['F'][layer]
+
+
+def prune_tensor(name, w, keep):
+    """The hard-pruned slice of one tensor: the kept entries along every compressed axis."""
+    for axis, role in enumerate(axes_of(name)):
+        idx = kept(keep, role, layer_of(name))
+        if idx is not None:
+            w = w.index_select(axis, idx.to(w.device))
+    return w
+
+
+# ----------------------------------------------------------------------------------------------
+# Importance: one score per residual dimension (shared by all layers), one per MLP unit per layer.
+
+@torch.no_grad()
+def importance(model, method, batches=None, seed=0):
+    """Scores {'D': (D,), 'F': (n_layer, F)}; higher means more important.
+    magnitude:  norms of the matrix rows/columns that read or write each dimension, each matrix's
+                norms scaled to mean 1 first so that no single matrix (the big embeddings) decides;
+    activation: mean |activation| on calibration batches, after every LayerNorm for the residual
+                dimensions and after the GELU for MLP units (Minitron-style);
+    random:     a seeded random score, i.e. a random permutation."""
+    cfg = model.config
+    D = torch.zeros(cfg.n_embd)
+    Fs = torch.zeros(cfg.n_layer, cfg.d_ff)
+    def add(role, layer, s):
+        (D if role == 'D' else Fs[layer]).add_(s.float().cpu())
+    if method == 'magnitude':
+        for name, w in model.named_parameters():
+            for axis, role in enumerate(axes_of(name)):
+                if w.dim() == 2 and role is not None:
+                    norms = w.float().norm(dim=1 - axis)
+                    add(role, layer_of(name), norms / norms.mean())
+    elif method == 'activation':
+        if not batches:
+            raise SystemExit("error: importance=activation needs calibration batches")
+        hooks = []
+        for name, mod in model.named_modules():
+            role = 'D' if isinstance(mod, nn.LayerNorm) else 'F' if isinstance(mod, nn.GELU) else None
+            if role:
+                hook = lambda m, i, out, r=role, l=layer_of(name + '.'): add(r, l, out.abs().mean((0, 1)))
+                hooks.append(mod.register_forward_hook(hook))
+        was_training = model.training
+        model.eval()
+        try:
+            for x, _ in batches:
+                model(x.to(next(model.parameters()).device))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+    elif method == 'random':
+        g = torch.Generator().manual_seed(seed)
+        D, Fs = torch.rand(cfg.n_embd, generator=g), torch.rand(cfg.n_layer, cfg.d_ff, generator=g)
+    else:
+        raise SystemExit(f"error: unknown importance '{method}'; use magnitude, activation or random")
+    return {'D': D, 'F': Fs}
+
+
+def select(scores, n_embd, d_ff):
+    """Keep the top-scoring dimensions, in their original order: {'D': (d,), 'F': (n_layer, f)}."""
+    top = lambda s, k: s.topk(k, dim=-1).indices.sort(dim=-1).values
+    return {'D': top(scores['D'], n_embd), 'F': top(scores['F'], d_ff)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Widths: from a target compression (fraction of the base's parameters removed, embeddings
+# included, as the paper counts it) with d/D = f/F, or explicit.
+
+def compressed_config(cfg, compression=None, n_embd=None, d_ff=None, multiple_of=1):
+    """(GPTConfig of the compressed model, fraction of parameters actually removed)."""
+    D, Fw = cfg.n_embd, cfg.d_ff
+    shrink = lambda d, f: replace(cfg, n_embd=d, d_ff=f, head_dim=cfg.head_dim)
+    removed = lambda c: 1 - param_counts(c)['total'] / param_counts(cfg)['total']
+    if compression is not None and (n_embd or d_ff):
+        raise SystemExit("error: give either compression or explicit widths (n_embd, d_ff), not both")
+    if compression is not None:
+        if not 0 < compression < 1:
+            raise SystemExit(f"error: compression={compression} is impossible: it is the fraction of "
+                             f"parameters to remove, strictly between 0 and 1 (e.g. 0.5)")
+        # try every residual width on the grid (MLP width in proportion) and keep the closest
+        candidates = [shrink(d, max(1, round(d * Fw / D))) for d in range(multiple_of, D, multiple_of)]
+        if not candidates:
+            raise SystemExit(f"error: n_embd={D} leaves no width below it in steps of {multiple_of}")
+        best = min(candidates, key=lambda c: abs(removed(c) - compression))
+        if abs(removed(best) - compression) > 0.05:
+            raise SystemExit(f"error: compression={compression} is out of reach for this base: the "
+                             f"closest width n_embd={best.n_embd} removes {removed(best):.3f}")
+        return best, removed(best)
+    if not (n_embd or d_ff):
+        raise SystemExit("error: give compression=<fraction> or explicit widths n_embd / d_ff")
+    d = n_embd or max(1, round(d_ff * D / Fw))
+    f = d_ff or max(1, round(d * Fw / D))
+    if not (0 < d <= D and 0 < f <= Fw):
+        raise SystemExit(f"error: compressed widths n_embd={d}, d_ff={f} must be positive and at most "
+                         f"the base's n_embd={D}, d_ff={Fw}")
+    return shrink(d, f), removed(shrink(d, f))
+
+
+# ----------------------------------------------------------------------------------------------
+# HPR: the hard-pruned model.
+
+@torch.no_grad()
+def hard_prune(model, keep):
+    """An ordinary smaller GPT holding the kept slices of every base tensor; retrain it normally."""
+    cfg = replace(model.config, n_embd=len(keep['D']), d_ff=keep['F'].shape[1],
+                  head_dim=model.config.head_dim)
+    small = GPT(cfg).to(next(model.parameters()).device)
+    base = dict(model.named_parameters())
+    for name, p in small.named_parameters():
+        p.copy_(prune_tensor(name, base[name], keep))
+    return small
+
+
+# ----------------------------------------------------------------------------------------------
+# PC.
+
+def selection(idx, n):
+    """The 0/1 matrix (len(idx) x n) whose rows pick the kept dimensions."""
+    return torch.eye(n)[idx.cpu()]
+
+
+class Projection(nn.Module):
+    """W_c = P_out @ W @ P_in + R for one frozen base matrix W (out x in)."""
+
+    def __init__(self, weight, in_keep, out_keep, residual, dtype=None):
+        super().__init__()
+        out_dim, in_dim = weight.shape
+        dev = weight.device
+        # the frozen base is a buffer: never trained, and not saved (checkpoints point at the base)
+        self.register_buffer('weight', weight.detach().to(dtype or weight.dtype).clone(),
+                             persistent=False)
+        self.p_in = None if in_keep is None else nn.Parameter(selection(in_keep, in_dim).T.to(dev))
+        self.p_out = None if out_keep is None else nn.Parameter(selection(out_keep, out_dim).to(dev))
+        shape = (out_dim if out_keep is None else len(out_keep), in_dim if in_keep is None else len(in_keep))
+        self.r = nn.Parameter(torch.zeros(shape, device=dev)) if residual else None
+
+    def forward(self):
+        w = self.weight
+        if self.p_in is not None:
+            w = w @ self.p_in.to(w.dtype)
+        if self.p_out is not None:
+            w = self.p_out.to(w.dtype) @ w
+        w = w.float()
+        return w + self.r if self.r is not None else w
+
+
+class ProjectedGPT(nn.Module):
+    """The frozen base as projection modules, plus the compressed GPT they feed (`self.gpt`).
+    Vectors (LayerNorm gains and biases, linear biases) are sliced once and trained directly inside
+    `self.gpt`; its matrices are loaded from the projections once per optimizer step."""
+
+    def __init__(self, base, keep, residual=True, base_dtype=None):
+        super().__init__()
+        self.keep = {k: v.clone() for k, v in keep.items()}
+        self.gpt = hard_prune(base, keep)   # vectors now hold their kept entries
+        self.proj = nn.ModuleDict()
+        self.names = []                     # the projected matrices, by GPT parameter name
+        for name, w in base.named_parameters():
+            if w.dim() == 2:
+                roles, layer = axes_of(name), layer_of(name)
+                self.proj[name.replace('.', '_')] = Projection(
+                    w, kept(keep, roles[1], layer), kept(keep, roles[0], layer), residual, base_dtype)
+                self.names.append(name)
+        self._wc = None
+        self.materialize()                  # matrices of self.gpt = W_c at step 0
+        self._wc = None
+
+    def projections(self):
+        return [(n, self.proj[n.replace('.', '_')]) for n in self.names]
+
+    def matrices(self):
+        params = dict(self.gpt.named_parameters())
+        return [params[n] for n in self.names]
+
+    def named_trainable(self):
+        """What the optimizer updates: projections, residuals and the compressed GPT's vectors."""
+        vectors = [(f'gpt.{n}', p) for n, p in self.gpt.named_parameters() if n not in self.names]
+        return [(n, p) for n, p in self.proj.named_parameters()] + vectors
+
+    def materialize(self):
+        """Compute every W_c once, keep its small autograd graph, and load the values into the GPT."""
+        self._wc = []
+        for (name, proj), p in zip(self.projections(), self.matrices()):
+            wc = proj()
+            with torch.no_grad():
+                p.copy_(wc)
+            self._wc.append(wc)
+
+    def backward_projections(self):
+        """Push the W_c gradients the micro-batches accumulated in the GPT's matrices through the
+        saved graph into P and R, in one autograd call, then free them."""
+        pairs = [(wc, p.grad) for wc, p in zip(self._wc, self.matrices()) if p.grad is not None]
+        torch.autograd.backward([wc for wc, _ in pairs], [g for _, g in pairs])
+        for p in self.matrices():
+            p.grad = None
+        self._wc = None
+
+    def forward(self, idx, targets=None):
+        """The naive PC forward: recompute every W_c inside each micro-batch and call the GPT with
+        them. Same numbers as the cost-free step, paid once per micro-batch; for tests and bench."""
+        wc = {name: proj() for name, proj in self.projections()}
+        return torch.func.functional_call(self.gpt, wc, (idx, targets))
+
+    @torch.no_grad()
+    def merge(self):
+        """The final plain GPT, with every W_c computed once. Save and load it like any GPT."""
+        merged = GPT(self.gpt.config).to(next(self.gpt.parameters()).device)
+        merged.load_state_dict(self.gpt.state_dict())
+        params = dict(merged.named_parameters())
+        for name, proj in self.projections():
+            params[name].copy_(proj())
+        return merged
