@@ -215,6 +215,13 @@ class Projection(nn.Module):
         return w + self.r if self.r is not None else w
 
 
+def decays(name, p):
+    """Weight decay rule for PC's optimizer (see gpt.adamw): the residuals R are weights and decay
+    like HPR's matrices; the projections P do not (decaying them would shrink the whole frozen base's
+    contribution), nor do vectors."""
+    return name.endswith('.r')
+
+
 class ProjectedGPT(nn.Module):
     """The frozen base as projection modules, plus the compressed GPT they feed (`self.gpt`).
     Vectors (LayerNorm gains and biases, linear biases) are sliced once and trained directly inside

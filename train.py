@@ -1,0 +1,390 @@
+"""
+Train a GPT: a base from scratch (arm=base), or a compressed model from a base checkpoint by
+Projected Compression (arm=pc) or by hard pruning and retraining (arm=hpr).
+
+    python train.py config/base_shakespeare_char.py
+    python train.py config/base_shakespeare_char.py --arm=pc --base_ckpt=out/base_char/ckpt.pt
+    torchrun --standalone --nproc_per_node=4 train.py config/pc_300m_50.py
+
+Settings: the defaults below, then a config file (plain Python assignments), then --key=value.
+On CUDA: bf16 autocast, optional torch.compile, nccl; on CPU: float32, gloo. Under torchrun every
+process trains on its slice of each global batch and DDP averages the gradients.
+"""
+import ast
+import difflib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import gpt
+import pc
+from data.loader import Batches, fixed_batches, meta
+
+# ------------------------------------------------------------------------------------------------
+# Defaults. Every name here can be set by a config file or --key=value; nothing else can.
+arm = 'base'                # base | pc | hpr
+out_dir = 'out'
+init_from = 'scratch'       # scratch | resume (continue out_dir/ckpt.pt exactly)
+# data
+dataset = 'shakespeare_char'  # a prepared folder under data/
+block_size = 128            # tokens per sequence
+batch_size = 32             # sequences per micro-batch per process
+grad_accum = 1              # micro-batches per optimizer step, over all processes together
+# model (arm=base): a preset ('300m', '800m') or the fields below
+preset = ''
+n_layer = 4
+n_head = 4
+n_embd = 128
+d_ff = 0                    # 0: 4 * n_embd
+bias = True
+tie_embeddings = True
+dropout = 0.0
+# compression (arm=pc and arm=hpr)
+base_ckpt = ''              # checkpoint of the base written by arm=base
+compression = 0.5           # fraction of the base's parameters to remove; 0 to give widths instead
+compressed_n_embd = 0       # explicit compressed widths (used when compression=0)
+compressed_d_ff = 0
+width_multiple = 1          # compressed n_embd is a multiple of this (64 suits GPUs)
+importance = 'magnitude'    # magnitude | activation | random
+importance_batches = 8      # calibration batches for importance=activation
+residual = True             # PC: train the residual R in W_c = P_out W P_in + R
+pc_naive = False            # PC: recompute W_c in every micro-batch (slow; for checks and bench)
+base_dtype = 'auto'         # PC: dtype of the frozen base copy; auto = bfloat16 on CUDA, float32 on CPU
+# length: give exactly one
+max_iters = 0
+max_tokens = 0
+tokens_per_param = 0.0      # the paper's bases: 20 and 80 tokens per parameter
+stop_iter = 0               # stop at this iteration (with a checkpoint) without changing the schedule
+# optimizer: AdamW, linear warmup then cosine decay to min_lr
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_iters = 100
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+# evaluation, logging, checkpoints
+eval_interval = 250
+eval_iters = 20             # fixed validation batches
+log_interval = 10
+early_ckpt_frac = 0.0       # also keep ckpt_early.pt at this fraction of training (0: don't)
+# system
+device = 'auto'             # auto | cpu | cuda
+compile = False             # torch.compile the trained GPT (CUDA)
+peak_flops = 0.0            # hardware FLOP/s for MFU; 0: 989e12 on an H100, 312e12 on other CUDA, none on CPU
+seed = 1337
+DEFAULTS = {k: v for k, v in dict(globals()).items()
+            if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    """Defaults, then config files (paths), then --key=value overrides; unknown keys are errors."""
+    cfg = dict(DEFAULTS)
+    def put(key, value, where):
+        if key not in cfg:
+            close = difflib.get_close_matches(key, cfg, n=1)
+            raise SystemExit(f"error: unknown config key '{key}' in {where}"
+                             + (f"; did you mean '{close[0]}'?" if close else ""))
+        want = type(DEFAULTS[key])
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            raise SystemExit(f"error: {key}={value!r} in {where} should be a {want.__name__}")
+        cfg[key] = value
+    for arg in argv:
+        if arg.startswith('--'):
+            key, eq, text = arg[2:].partition('=')
+            if not eq:
+                raise SystemExit(f"error: '{arg}' should look like --{key}=value")
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text  # a bare string
+            put(key, value, 'the command line')
+        else:
+            if not os.path.isfile(arg):
+                raise SystemExit(f"error: config file '{arg}' not found (see config/ for examples)")
+            ns = {}
+            exec(open(arg).read(), ns)
+            for key, value in ns.items():
+                if not key.startswith('_') and isinstance(value, (bool, int, float, str)):
+                    put(key, value, arg)
+    return cfg
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lr_at(it, c, total):
+    """Linear warmup, then cosine decay to min_lr at the last iteration."""
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    progress = min(1.0, (it - c.warmup_iters) / max(1, total - c.warmup_iters))
+    return c.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
+
+
+@torch.no_grad()
+def evaluate(model, batches, device, ctx):
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with ctx:
+            losses.append(model(x.to(device), y.to(device))[1].float())
+    model.train()
+    return torch.stack(losses).mean().item()
+
+
+def train(cfg):
+    """Run one training job; returns a summary dict (also printed)."""
+    c = type('Config', (), dict(cfg))  # attribute access: c.batch_size
+    if c.arm not in ('base', 'pc', 'hpr'):
+        raise SystemExit(f"error: unknown arm '{c.arm}'; use base, pc or hpr")
+    if c.init_from not in ('scratch', 'resume'):
+        raise SystemExit(f"error: init_from='{c.init_from}' should be scratch or resume")
+
+    # ---- processes and device ----
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if c.device == 'auto' else c.device
+    if ddp:
+        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        if dev == 'cuda':
+            dev = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(dev)
+        dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    if c.grad_accum % world:
+        raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
+    accum = c.grad_accum // world
+    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if device_type == 'cuda' else nullcontext()
+    torch.manual_seed(c.seed)
+    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset)
+    vocab = meta(data_dir)['vocab_size']
+    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+    log_path = os.path.join(c.out_dir, 'metrics.jsonl')
+    say = print if master else (lambda *a, **k: None)
+
+    # ---- the model being trained ----
+    resume = gpt.load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
+    if resume is not None and resume['config']['arm'] != c.arm:
+        raise SystemExit(f"error: {ckpt_path} is an arm={resume['config']['arm']} run; "
+                         f"resume it with --arm={resume['config']['arm']}")
+    projected, keep, base_info = None, None, {}
+    if c.arm == 'base':
+        if resume is not None:
+            mcfg = gpt.GPTConfig(**resume['model_args'])
+        elif c.preset:
+            mcfg = gpt.preset(c.preset, block_size=c.block_size, dropout=c.dropout)
+        else:
+            mcfg = gpt.GPTConfig(block_size=c.block_size, vocab_size=vocab, n_layer=c.n_layer,
+                                 n_head=c.n_head, n_embd=c.n_embd, d_ff=c.d_ff, bias=c.bias,
+                                 tie_embeddings=c.tie_embeddings, dropout=c.dropout)
+        model = gpt.GPT(mcfg)
+    else:
+        if not c.base_ckpt:
+            raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
+        base = gpt.load_gpt(c.base_ckpt)
+        base_info = dict(base_ckpt=os.path.abspath(c.base_ckpt), base_sha256=file_sha256(c.base_ckpt))
+        if resume is not None and resume.get('base_sha256') != base_info['base_sha256']:
+            raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {ckpt_path} was "
+                             f"trained from ({resume.get('base_ckpt')}); pass that one as base_ckpt")
+        if c.block_size > base.config.block_size:
+            raise SystemExit(f"error: block_size={c.block_size} is larger than the base model's "
+                             f"context ({base.config.block_size}); use --block_size<={base.config.block_size}")
+        if resume is not None:
+            keep = resume['keep']
+        else:   # same scores for both arms: same base, method, seed and calibration batches
+            widths = dict(compression=c.compression or None, n_embd=c.compressed_n_embd or None,
+                          d_ff=c.compressed_d_ff or None, multiple_of=c.width_multiple)
+            small, achieved = pc.compressed_config(base.config, **widths)
+            calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size,
+                                   c.importance_batches, seed=c.seed)
+                     if c.importance == 'activation' else None)
+            keep = pc.select(pc.importance(base, c.importance, calib, seed=c.seed),
+                             small.n_embd, small.d_ff)
+            say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
+                f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
+        if c.arm == 'hpr':
+            model = pc.hard_prune(base, keep)
+        else:
+            base_dtype = ({'auto': torch.bfloat16 if device_type == 'cuda' else torch.float32,
+                           'float32': torch.float32, 'bfloat16': torch.bfloat16}[c.base_dtype])
+            projected = pc.ProjectedGPT(base.to(dev), keep, residual=c.residual, base_dtype=base_dtype)
+            model = projected.gpt
+        del base
+        mcfg = model.config
+    if c.block_size > mcfg.block_size:
+        raise SystemExit(f"error: block_size={c.block_size} is larger than the model's context "
+                         f"({mcfg.block_size})")
+    if vocab > mcfg.vocab_size:
+        raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
+                         f"{mcfg.vocab_size}; pick a matching dataset")
+    model.to(dev)
+    trained = projected if projected is not None else model   # what the optimizer and ckpt hold
+    if resume is not None:
+        trained.load_state_dict(resume['model'])
+        if projected is not None:
+            projected.materialize()
+    if projected is not None:
+        named = projected.named_trainable()
+        optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2),
+                              device_type, decays=pc.decays)
+    else:
+        named = list(model.named_parameters())
+        optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), device_type)
+    params = [p for _, p in named]
+    n_trainable = sum(p.numel() for p in params)
+    n_model = gpt.param_counts(mcfg)['total']
+
+    # ---- what runs the micro-batches: the plain GPT (PC's cost-free step) or naive PC ----
+    if c.pc_naive and c.arm == 'pc':
+        if ddp:
+            raise SystemExit("error: pc_naive=True is for single-process checks; drop it under torchrun")
+        runner = projected
+    else:
+        runner = torch.compile(model) if c.compile else model
+        if ddp:
+            runner = DDP(runner, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None)
+
+    # ---- data and length ----
+    train_batches = Batches(data_dir, 'train', c.block_size, c.batch_size, c.seed, rank, world)
+    val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
+    tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
+    lengths = [bool(c.max_iters), bool(c.max_tokens), bool(c.tokens_per_param)]
+    if sum(lengths) != 1:
+        raise SystemExit("error: give exactly one of max_iters, max_tokens, tokens_per_param")
+    total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * n_model) / tokens_per_iter))
+    say(f"arm={c.arm}: model {n_model:,} params ({n_trainable:,} trained), {world} process(es) on "
+        f"{dev}, {tokens_per_iter:,} tokens/iter, {total} iters = {total * tokens_per_iter:,} tokens "
+        f"({total * tokens_per_iter / n_model:.1f} per model parameter)")
+
+    it, best_val = 0, float('inf')
+    if resume is not None:
+        it, best_val = resume['iter'], resume['best_val']
+        optimizer.load_state_dict(resume['optimizer'])
+        train_batches.load_state_dict(resume['loader'])
+        torch.set_rng_state(resume['rng'])
+    if master:
+        os.makedirs(c.out_dir, exist_ok=True)
+        # a resumed run rewrites the log from its checkpoint on, so the log holds one history
+        old = open(log_path).read().splitlines() if resume is not None and os.path.exists(log_path) else []
+        kept = [l for l in old if json.loads(l)['iter'] < it]
+        with open(log_path, 'w') as f:
+            f.writelines(l + '\n' for l in kept)
+
+    def log(record):
+        if record['kind'] == 'train':
+            say(f"iter {record['iter']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+                f"{record['ms_per_iter']:.1f} ms/iter, {record['tok_per_s']:,.0f} tok/s"
+                + (f", mfu {record['mfu']:.1%}" if 'mfu' in record else ''))
+        else:
+            say(f"iter {record['iter']}: " + ', '.join(f"{k.replace('_', ' ')} {v:.4f}"
+                                                       for k, v in record.items() if 'loss' in k))
+        if master:
+            with open(log_path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+
+    def save(path):
+        if master:
+            ckpt = dict(kind='pc' if projected is not None else 'gpt', model_args=asdict(mcfg),
+                        model=trained.state_dict(), optimizer=optimizer.state_dict(), iter=it,
+                        best_val=best_val, config=dict(cfg), loader=train_batches.state_dict(),
+                        rng=torch.get_rng_state(), keep=keep, **base_info)
+            gpt.save_atomic(ckpt, path)
+
+    peak = c.peak_flops or (0.0 if device_type == 'cpu' else
+                            989e12 if 'H100' in torch.cuda.get_device_name() else 312e12)
+    loss_sum, loss_steps, train_time = torch.zeros((), device=dev), 0, 0.0
+    early_iter = int(c.early_ckpt_frac * total) if c.early_ckpt_frac else -1
+    while True:
+        if projected is not None and not c.pc_naive:
+            projected.materialize()   # W_c for this step, once (also what evaluation sees)
+        if it % c.eval_interval == 0 or it == total or it == early_iter or (c.stop_iter and it == c.stop_iter):
+            val = evaluate(model if not c.pc_naive else projected, val_batches, dev, ctx)
+            best_val = min(best_val, val)
+            log(dict(kind='eval', iter=it, tokens=it * tokens_per_iter, val_loss=val))
+            save(ckpt_path)
+            if it == early_iter:
+                save(os.path.join(c.out_dir, 'ckpt_early.pt'))
+        if it == total or (c.stop_iter and it == c.stop_iter):
+            break
+
+        t0 = time.time()   # time the training step only, not evaluation or checkpoints
+        lr = lr_at(it, c, total)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+        step_loss = torch.zeros((), device=dev)
+        for micro in range(accum):
+            if ddp:   # average gradients across processes on the last micro-batch only
+                runner.require_backward_grad_sync = micro == accum - 1
+            x, y = train_batches.next()
+            with ctx:
+                _, loss = runner(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+            (loss / accum).backward()
+            step_loss += loss.detach() / accum
+        if projected is not None and not c.pc_naive:
+            projected.backward_projections()   # dL/dW_c -> dL/dP, dL/dR, once per step
+        if not torch.isfinite(step_loss):
+            if master and os.path.exists(ckpt_path):
+                msg = f"; the last good checkpoint {ckpt_path} is kept"
+            else:
+                msg = ""
+            raise SystemExit(f"error: non-finite loss at iter {it}{msg}; lower learning_rate or "
+                             f"check the data")
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += step_loss
+        it += 1
+        loss_steps += 1
+        train_time += time.time() - t0   # exact: the finiteness check above waited for the step
+
+        if it % c.log_interval == 0 or it == total:
+            if ddp:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            dt = train_time / loss_steps
+            record = dict(kind='train', iter=it, tokens=it * tokens_per_iter,
+                          loss=loss_sum.item() / loss_steps, steps=loss_steps, lr=lr,
+                          ms_per_iter=1000 * dt, tok_per_s=tokens_per_iter / dt)
+            if peak:
+                record['mfu'] = gpt.flops_per_token(mcfg, c.block_size) * tokens_per_iter / dt / peak
+            log(record)
+            loss_sum.zero_()
+            loss_steps, train_time = 0, 0.0
+
+    summary = dict(arm=c.arm, out_dir=c.out_dir, iters=it, tokens=it * tokens_per_iter,
+                   val_loss=val, params=n_model, trainable_params=n_trainable)
+    if projected is not None and it == total:
+        merged = projected.merge()
+        merged_val = evaluate(merged, val_batches, dev, ctx)
+        log(dict(kind='merged', iter=it, tokens=it * tokens_per_iter, val_loss=val,
+                 merged_val_loss=merged_val))
+        if master:
+            gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(cfg)),
+                            os.path.join(c.out_dir, 'merged.pt'))
+        summary['merged_val_loss'] = merged_val
+    if ddp:
+        dist.destroy_process_group()
+    return summary
+
+
+if __name__ == '__main__':
+    print(json.dumps(train(parse_args(sys.argv[1:]))))
