@@ -149,6 +149,15 @@ def evaluate(model, batches, device, ctx):
     return torch.stack(losses).mean().item()
 
 
+def ranks_agree(params, world):
+    """True if every process holds bitwise the same values: compares a float64 fingerprint."""
+    fp = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                      for p in params]).flatten()
+    every = [torch.empty_like(fp) for _ in range(world)]
+    dist.all_gather(every, fp)
+    return all(torch.equal(every[0], f) for f in every[1:])
+
+
 def train(cfg):
     """Run one training job; returns a summary dict (also printed)."""
     c = type('Config', (), dict(cfg))  # attribute access: c.batch_size
@@ -319,7 +328,10 @@ def train(cfg):
         if it % c.eval_interval == 0 or it == total or it == early_iter or (c.stop_iter and it == c.stop_iter):
             val = evaluate(model if not c.pc_naive else projected, val_batches, dev, ctx)
             best_val = min(best_val, val)
-            log(dict(kind='eval', iter=it, tokens=it * tokens_per_iter, val_loss=val))
+            record = dict(kind='eval', iter=it, tokens=it * tokens_per_iter, val_loss=val)
+            if ddp:   # every process must hold the same trained tensors (projections included)
+                record['ranks_agree'] = ranks_agree(params, world)
+            log(record)
             save(ckpt_path)
             if it == early_iter:
                 save(os.path.join(c.out_dir, 'ckpt_early.pt'))
