@@ -382,6 +382,11 @@ def train(cfg):
             loss_sum.zero_()
             loss_steps, train_time = 0, 0.0
 
+    if c.stop_iter and it == c.stop_iter and it < total:
+        say(f"stopped at iter {it} of {total}; continue with --init_from=resume")
+        if ddp:
+            dist.destroy_process_group()
+        return dict(arm=c.arm, out_dir=c.out_dir, iters=it, stopped=True)
     summary = dict(arm=c.arm, out_dir=c.out_dir, iters=it, tokens=it * tokens_per_iter,
                    val_loss=val, params=n_model, trainable_params=n_trainable)
     if projected is not None and it == total:
@@ -393,6 +398,12 @@ def train(cfg):
             gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(cfg)),
                             os.path.join(c.out_dir, 'merged.pt'))
         summary['merged_val_loss'] = merged_val
+    if master:   # written last: its presence says the run finished (compare.py reuses it)
+        summary['config'] = dict(cfg)
+        tmp = os.path.join(c.out_dir, 'summary.json.tmp')
+        with open(tmp, 'w') as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, os.path.join(c.out_dir, 'summary.json'))
     if ddp:
         dist.destroy_process_group()
     return summary
