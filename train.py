@@ -130,6 +130,20 @@ def file_sha256(path):
     return h.hexdigest()
 
 
+def load_projected(path, map_location='cpu'):
+    """The ProjectedGPT saved in a PC run's checkpoint, rebuilt over the base it names."""
+    ckpt = gpt.load_checkpoint(path, map_location)
+    if ckpt.get('kind') != 'pc':
+        raise SystemExit(f"error: '{path}' is not a PC checkpoint; use gpt.load_gpt for a plain GPT")
+    if not os.path.isfile(ckpt['base_ckpt']) or file_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
+        raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
+                         f"missing or has changed")
+    base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
+    projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'])
+    projected.load_state_dict(ckpt['model'])   # its GPT matrices were saved as the current W_c
+    return projected
+
+
 def lr_at(it, c, total):
     """Linear warmup, then cosine decay to min_lr at the last iteration."""
     if it < c.warmup_iters:
@@ -249,8 +263,6 @@ def train(cfg):
     trained = projected if projected is not None else model   # what the optimizer and ckpt hold
     if resume is not None:
         trained.load_state_dict(resume['model'])
-        if projected is not None:
-            projected.materialize()
     if projected is not None:
         named = projected.named_trainable()
         optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2),
