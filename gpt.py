@@ -239,3 +239,14 @@ def gpt_checkpoint(model, **extra):
     raw = getattr(model, 'module', model)   # unwrap DDP
     raw = getattr(raw, '_orig_mod', raw)    # unwrap torch.compile
     return dict(kind='gpt', model_args=asdict(raw.config), model=raw.state_dict(), **extra)
+
+
+if __name__ == '__main__':
+    # python gpt.py: the parameter counts of the paper's presets, as quoted in the README
+    print('| preset | head | total | non-embedding | blocks | token emb. | position emb. | lm_head |')
+    print('|---|---|---|---|---|---|---|---|')
+    for name in PRESETS:
+        for tied in (False, True):
+            c = param_counts(preset(name, tie_embeddings=tied))
+            print(f"| {name} | {'tied' if tied else 'untied'} | {c['total']:,} | {c['non_embedding']:,} | "
+                  f"{c['blocks']:,} | {c['token_embedding']:,} | {c['position_embedding']:,} | {c['lm_head']:,} |")

@@ -142,7 +142,7 @@ def compressed_config(cfg, compression=None, n_embd=None, d_ff=None, multiple_of
     D, Fw = cfg.n_embd, cfg.d_ff
     shrink = lambda d, f: replace(cfg, n_embd=d, d_ff=f, head_dim=cfg.head_dim)
     removed = lambda c: 1 - param_counts(c)['total'] / param_counts(cfg)['total']
-    if compression is not None and (n_embd or d_ff):
+    if compression is not None and (n_embd is not None or d_ff is not None):
         raise SystemExit("error: give either compression or explicit widths (n_embd, d_ff), not both")
     if compression is not None:
         if not 0 < compression < 1:
@@ -157,10 +157,10 @@ def compressed_config(cfg, compression=None, n_embd=None, d_ff=None, multiple_of
             raise SystemExit(f"error: compression={compression} is out of reach for this base: the "
                              f"closest width n_embd={best.n_embd} removes {removed(best):.3f}")
         return best, removed(best)
-    if not (n_embd or d_ff):
+    if n_embd is None and d_ff is None:
         raise SystemExit("error: give compression=<fraction> or explicit widths n_embd / d_ff")
-    d = n_embd or max(1, round(d_ff * D / Fw))
-    f = d_ff or max(1, round(d * Fw / D))
+    d = n_embd if n_embd is not None else max(1, round(d_ff * D / Fw))
+    f = d_ff if d_ff is not None else max(1, round(d * Fw / D))
     if not (0 < d <= D and 0 < f <= Fw):
         raise SystemExit(f"error: compressed widths n_embd={d}, d_ff={f} must be positive and at most "
                          f"the base's n_embd={D}, d_ff={Fw}")
