@@ -35,7 +35,7 @@ arm = 'base'                # base | pc | hpr
 out_dir = 'out'
 init_from = 'scratch'       # scratch | resume (continue out_dir/ckpt.pt exactly)
 # data
-dataset = 'shakespeare_char'  # a prepared folder under data/
+dataset = 'shakespeare_char'  # a prepared folder: a name under data/, or a path
 block_size = 128            # tokens per sequence
 batch_size = 32             # sequences per micro-batch per process
 grad_accum = 1              # micro-batches per optimizer step, over all processes together
@@ -183,8 +183,11 @@ def train(cfg):
     # ---- processes and device ----
     ddp = int(os.environ.get('RANK', -1)) != -1
     dev = ('cuda' if torch.cuda.is_available() else 'cpu') if c.device == 'auto' else c.device
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if c.grad_accum % world:
+        raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
     if ddp:
-        rank, world = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
+        rank = int(os.environ['RANK'])
         if dev == 'cuda':
             dev = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(dev)
@@ -192,13 +195,12 @@ def train(cfg):
     else:
         rank, world = 0, 1
     master = rank == 0
-    if c.grad_accum % world:
-        raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
     accum = c.grad_accum // world
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if device_type == 'cuda' else nullcontext()
     torch.manual_seed(c.seed)
-    data_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset)
+    data_dir = (c.dataset if os.sep in c.dataset else
+                os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset))
     vocab = meta(data_dir)['vocab_size']
     ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
     log_path = os.path.join(c.out_dir, 'metrics.jsonl')
@@ -306,7 +308,8 @@ def train(cfg):
         os.makedirs(c.out_dir, exist_ok=True)
         # a resumed run rewrites the log from its checkpoint on, so the log holds one history
         old = open(log_path).read().splitlines() if resume is not None and os.path.exists(log_path) else []
-        kept = [l for l in old if json.loads(l)['iter'] < it]
+        # (the train record at `it` is the step before the checkpoint; the eval at `it` runs again)
+        kept = [l for l in old if (r := json.loads(l))['iter'] < it or (r['iter'] == it and r['kind'] == 'train')]
         with open(log_path, 'w') as f:
             f.writelines(l + '\n' for l in kept)
 
@@ -330,6 +333,7 @@ def train(cfg):
                         rng=torch.get_rng_state(), keep=keep, **base_info)
             gpt.save_atomic(ckpt, path)
 
+    stop = c.stop_iter if c.stop_iter > it else -1   # a stop already reached is no stop
     peak = c.peak_flops or (0.0 if device_type == 'cpu' else
                             989e12 if 'H100' in torch.cuda.get_device_name() else 312e12)
     loss_sum, loss_steps, train_time = torch.zeros((), device=dev), 0, 0.0
@@ -337,7 +341,7 @@ def train(cfg):
     while True:
         if projected is not None and not c.pc_naive:
             projected.materialize()   # W_c for this step, once (also what evaluation sees)
-        if it % c.eval_interval == 0 or it == total or it == early_iter or (c.stop_iter and it == c.stop_iter):
+        if it % c.eval_interval == 0 or it == total or it == early_iter or it == stop:
             val = evaluate(model if not c.pc_naive else projected, val_batches, dev, ctx)
             best_val = min(best_val, val)
             record = dict(kind='eval', iter=it, tokens=it * tokens_per_iter, val_loss=val)
@@ -347,7 +351,7 @@ def train(cfg):
             save(ckpt_path)
             if it == early_iter:
                 save(os.path.join(c.out_dir, 'ckpt_early.pt'))
-        if it == total or (c.stop_iter and it == c.stop_iter):
+        if it == total or it == stop:
             break
 
         t0 = time.time()   # time the training step only, not evaluation or checkpoints
@@ -381,7 +385,7 @@ def train(cfg):
         loss_steps += 1
         train_time += time.time() - t0   # exact: the finiteness check above waited for the step
 
-        if it % c.log_interval == 0 or it == total:
+        if it % c.log_interval == 0 or it == total or it == stop:
             if ddp:
                 dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             dt = train_time / loss_steps
@@ -394,7 +398,7 @@ def train(cfg):
             loss_sum.zero_()
             loss_steps, train_time = 0, 0.0
 
-    if c.stop_iter and it == c.stop_iter and it < total:
+    if it == stop and it < total:
         say(f"stopped at iter {it} of {total}; continue with --init_from=resume")
         if ddp:
             dist.destroy_process_group()
@@ -422,4 +426,6 @@ def train(cfg):
 
 
 if __name__ == '__main__':
-    print(json.dumps(train(parse_args(sys.argv[1:]))))
+    summary = train(parse_args(sys.argv[1:]))
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(json.dumps(summary))
