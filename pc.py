@@ -260,8 +260,7 @@ class ProjectedGPT(nn.Module):
         self._wc = []
         for (name, proj), p in zip(self.projections(), self.matrices()):
             wc = proj()
-            with torch.no_grad():
-                p.copy_(wc)
+            p.data = wc.detach()   # the GPT's matrix now *is* W_c: shared memory, no second copy
             self._wc.append(wc)
 
     def backward_projections(self):

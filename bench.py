@@ -1,0 +1,752 @@
+"""
+Benchmark of the cost argument behind Projected Compression (pc.py), against hard pruning (HPR).
+
+The claim (paper section 3.4): with W_c = P_out W P_in + R computed once per optimizer step, a PC step
+costs an HPR step plus a fixed amount (build W_c, push dL/dW_c into P and R, a bigger AdamW), so the
+overhead vanishes as the tokens per step grow. Recomputing W_c in every micro-batch (the naive way)
+pays the projection once per micro-batch instead. PC's price is memory: the frozen base, P, R and
+their optimizer state. This script measures all three, on one machine, in one run:
+
+1. step time of HPR, PC (cost-free step) and PC naive, over micro-batches x batch size, interleaved;
+   plus the projection phase alone (the fixed cost) and the tokens/step where PC/HPR < 1.10 / 1.05;
+2. peak memory of base training, HPR and PC, each arm in its own subprocess, with PC's breakdown;
+3. FLOPs on paper for the paper's 300M / 800M bases: projection FLOPs against the step's FLOPs.
+
+    python bench.py                                   # CPU-sized model, a few minutes on 2 cores
+    python bench.py --quick                           # smallest size, a few seconds (smoke test)
+    python bench.py --device=cuda --model=300m        # the paper's 300M base at 50%, bf16 autocast
+    python bench.py --device=cuda --model=300m --compile --micro_batches=1,2,4,8,16,32
+
+Writes bench_results.md and bench_results.json into --out_dir (default out/bench).
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+
+import torch
+
+import gpt
+import pc
+
+# The CPU-sized default: a char-level GPT (vocab 96) small enough that a step of 16 micro-batches of
+# 16 x 128 tokens takes about 2 s on one core, big enough that the projections are real matmuls and
+# that the fixed cost (~20 ms) falls to ~1% of the largest step.
+SMALL = dict(n_layer=4, n_head=4, n_embd=128, d_ff=512, vocab_size=96, block_size=128)
+# --quick: the smallest size that still has every piece (2 layers, both axes compressed).
+QUICK = dict(n_layer=2, n_head=2, n_embd=64, d_ff=256, vocab_size=96, block_size=64)
+
+ARMS = ('hpr', 'pc', 'naive')
+
+
+def parse_args(argv):
+    ints = lambda s: [int(v) for v in s.split(',') if v]
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu', help="cpu or cuda (cuda: bf16 autocast, TF32 matmuls)")
+    p.add_argument('--model', default='small', choices=['small', '300m', '800m'],
+                   help="small: the CPU-sized base above; 300m / 800m: gpt.preset (block 512)")
+    p.add_argument('--compression', type=float, default=0.5, help="fraction of base params removed")
+    p.add_argument('--batch_sizes', type=ints, default=[8, 16], help="sequences per micro-batch")
+    p.add_argument('--micro_batches', type=ints, default=[1, 2, 4, 8, 16],
+                   help="micro-batches of gradient accumulation per optimizer step")
+    p.add_argument('--warmup', type=int, default=1,
+                   help="untimed single-micro-batch steps per arm before each batch size")
+    p.add_argument('--reps', type=int, default=5, help="timed steps per arm and configuration")
+    p.add_argument('--proj_reps', type=int, default=21, help="timed repetitions of the fixed-cost parts")
+    p.add_argument('--mem_batch_size', type=int, default=0, help="micro-batch of the memory arms "
+                   "(0: the largest of --batch_sizes)")
+    p.add_argument('--flops_tokens', type=int, default=512 * 512, help="tokens/step for the FLOP table")
+    p.add_argument('--no_memory', action='store_true', help="skip the memory subprocesses")
+    p.add_argument('--compile', action='store_true', help="torch.compile the micro-batch forward")
+    p.add_argument('--quick', action='store_true', help="smallest size everywhere, a few seconds")
+    p.add_argument('--threads', type=int, default=1,
+                   help="CPU threads (0: torch's default). One, because on a shared 2-core machine an "
+                        "OpenMP team of two stalls whenever another process takes a core (measured "
+                        "here: median step 10x its minimum with 2 threads, 1.3x with 1)")
+    p.add_argument('--clock', default='auto', choices=['auto', 'wall', 'cpu'],
+                   help="auto: wall clock on CUDA (synchronized), process CPU time on CPU")
+    p.add_argument('--seed', type=int, default=1337)
+    p.add_argument('--out_dir', default='out/bench')
+    p.add_argument('--_memory_arm', default='', help=argparse.SUPPRESS)  # internal: one memory arm
+    args = p.parse_args(argv)
+    if args.clock == 'auto':
+        args.clock = 'wall' if args.device.startswith('cuda') else 'cpu'
+    if args.quick:
+        args.model, args.batch_sizes, args.micro_batches = 'quick', [2, 4], [1, 2, 4]
+        args.warmup, args.reps, args.proj_reps = 1, 3, 5
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit("error: --device=cuda but torch.cuda.is_available() is False")
+    if min(args.batch_sizes + args.micro_batches) <= 0 or args.reps <= 0 or args.warmup < 0:
+        raise SystemExit("error: batch sizes, micro-batches and reps must be positive")
+    return args
+
+
+def model_configs(args):
+    """(base config, compressed config, fraction of base params actually removed)."""
+    if args.model in ('300m', '800m'):
+        base = gpt.preset(args.model)
+    else:
+        base = gpt.GPTConfig(**(QUICK if args.model == 'quick' else SMALL))
+    small, removed = pc.compressed_config(base, args.compression)
+    return base, small, removed
+
+
+def build(base_cfg, small_cfg, device, seed):
+    """A base GPT, the kept dimensions (magnitude importance), and its HPR and PC models. Timing does
+    not depend on the weights, so the base is freshly initialised rather than pretrained."""
+    torch.manual_seed(seed)
+    base = gpt.GPT(base_cfg).to(device)
+    keep = pc.select(pc.importance(base, 'magnitude'), small_cfg.n_embd, small_cfg.d_ff)
+    return base, keep
+
+
+def optimizer(named, device):
+    # the same AdamW (hyperparameters are irrelevant to time and memory) for every arm
+    return gpt.adamw(named, lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                     device_type='cuda' if device.startswith('cuda') else 'cpu')
+
+
+def batches(cfg, n, B, device, seed):
+    """n micro-batches of random tokens, identical for every arm (the values do not affect time)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, cfg.vocab_size, (n, 2, B, cfg.block_size), generator=g)
+    return [(xy[i, 0].to(device), xy[i, 1].to(device)) for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The three training steps. Same loss scaling, same optimizer, same data; only where W_c is made.
+
+def step_plain(fwd, opt, mb, ctx):
+    """HPR (and base training): an ordinary GPT step with gradient accumulation."""
+    for x, y in mb:
+        with ctx:
+            loss = fwd(x, y)[1] / len(mb)
+        loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def step_pc(model, fwd, opt, mb, ctx):
+    """PC, cost-free: W_c once per step (fp32, outside autocast, as pc.py's docstring), the
+    micro-batches through the plain compressed GPT, then one backward into P and R."""
+    model.materialize()
+    for x, y in mb:
+        with ctx:
+            loss = fwd(x, y)[1] / len(mb)
+        loss.backward()
+    model.backward_projections()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+# step_naive is step_plain with fwd = the ProjectedGPT itself: W_c rebuilt in every micro-batch.
+
+
+def sync(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+# On a CPU shared with other processes, wall time measures the other processes as much as ours: a
+# step that is descheduled half the time takes twice as long. Process CPU time counts only the time
+# our process computes (measured here under load ~6 on 2 cores, one thread: wall median 153 ms with
+# p90 285 ms; CPU time median 74 ms with p90 83 ms), so on CPU it is the default clock. It still
+# sees cache and memory-bandwidth interference, and it would count OpenMP spin-waiting with
+# --threads > 1. On CUDA the work is on the GPU, so the clock is the wall, after a synchronize.
+CLOCK = dict(wall=time.perf_counter, cpu=time.process_time)
+
+
+def timed(fn, device, clock='wall'):
+    now = CLOCK[clock]
+    sync(device)
+    t0 = now()
+    fn()
+    sync(device)
+    return now() - t0
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Step time.
+
+def bench_steps(args, base_cfg, small_cfg, ctx, log):
+    dev = args.device
+    base, keep = build(base_cfg, small_cfg, dev, args.seed)
+    hpr = pc.hard_prune(base, keep)
+    pcm = pc.ProjectedGPT(base, keep)      # cost-free arm
+    naive = pc.ProjectedGPT(base, keep)    # naive arm: its own copy, so the optimizer states differ
+    del base                               # only the projection buffers keep the base from here on
+    opts = dict(hpr=optimizer(hpr.named_parameters(), dev), pc=optimizer(pcm.named_trainable(), dev),
+                naive=optimizer(naive.named_trainable(), dev))
+    fwd = dict(hpr=hpr, pc=pcm.gpt, naive=naive)
+    if args.compile:
+        fwd = {k: torch.compile(m) for k, m in fwd.items()}
+    steps = dict(hpr=lambda mb: step_plain(fwd['hpr'], opts['hpr'], mb, ctx),
+                 pc=lambda mb: step_pc(pcm, fwd['pc'], opts['pc'], mb, ctx),
+                 naive=lambda mb: step_plain(fwd['naive'], opts['naive'], mb, ctx))
+
+    rows = []
+    for B in args.batch_sizes:
+        data = batches(small_cfg, max(args.micro_batches), B, dev, args.seed + B)
+        # warm-up once per batch size, on one micro-batch: first calls, allocator, torch.compile
+        for _ in range(args.warmup):
+            for arm in ARMS:
+                steps[arm](data[:1])
+        for n in args.micro_batches:
+            mb, times = data[:n], {a: [] for a in ARMS}
+            gc.collect()
+            # round-robin per repetition, starting arm rotated, so load from other processes and
+            # any drift (thermal, caches) lands on all arms alike
+            for rep in range(args.reps):
+                for k in range(len(ARMS)):
+                    arm = ARMS[(rep + k) % len(ARMS)]
+                    times[arm].append(timed(lambda: steps[arm](mb), dev, args.clock))
+            med = {a: statistics.median(times[a]) for a in ARMS}
+            row = dict(batch_size=B, micro_batches=n, tokens_per_step=n * B * small_cfg.block_size,
+                       hpr_s=med['hpr'], pc_s=med['pc'], naive_s=med['naive'],
+                       pc_over_hpr=med['pc'] / med['hpr'], naive_over_hpr=med['naive'] / med['hpr'],
+                       naive_over_pc=med['naive'] / med['pc'],
+                       # min-based ratio: a second opinion that ignores slow outliers entirely
+                       pc_over_hpr_min=min(times['pc']) / min(times['hpr']),
+                       samples={a: times[a] for a in ARMS})
+            rows.append(row)
+            log(f"  B={B:<3d} micro={n:<3d} tokens/step={row['tokens_per_step']:<7d} "
+                f"hpr {med['hpr'] * 1e3:8.1f} ms  pc {med['pc'] * 1e3:8.1f} ms  "
+                f"naive {med['naive'] * 1e3:8.1f} ms  pc/hpr {row['pc_over_hpr']:.3f}")
+    fixed = bench_fixed_cost(args, hpr, pcm, opts)
+    return rows, fixed
+
+
+def bench_fixed_cost(args, hpr, pcm, opts):
+    """The projection phase alone (materialize + backward_projections with a given dL/dW_c), and its
+    parts, interleaved like the steps. Each part starts from the state it has inside a real step
+    (P and R without gradients before the backward; every trained tensor with one before AdamW).
+    fixed cost per step = projection phase + AdamW(PC) - AdamW(HPR): the same vectors and the same
+    per-tensor overhead cancel, what is left is AdamW over P and R."""
+    dev = args.device
+    torch.manual_seed(args.seed)
+    wc_grads = [torch.randn_like(p) for p in pcm.matrices()]    # a given W_c gradient
+    trained = [p for opt in (opts['pc'], opts['hpr']) for g in opt.param_groups for p in g['params']]
+    adam_grads = [torch.randn_like(p) for p in trained]         # AdamW's time ignores the values
+    with torch.no_grad():
+        wc_values = [proj().detach() for _, proj in pcm.projections()]
+
+    def no_grads():               # as after opt.zero_grad(set_to_none=True)
+        for p in trained:
+            p.grad = None
+
+    def with_grads():
+        for p, g in zip(trained, adam_grads):
+            p.grad = g
+
+    def materialize():
+        pcm.materialize()
+        pcm._wc = None            # drop the graph, as backward_projections would
+
+    def copy_wc():                # materialize's copy of W_c into the compressed GPT, on its own
+        with torch.no_grad():
+            for p, w in zip(pcm.matrices(), wc_values):
+                p.copy_(w)
+
+    def give_wc_grads():
+        for p, g in zip(pcm.matrices(), wc_grads):
+            p.grad = g
+
+    def prep_backward():
+        no_grads()
+        pcm.materialize()
+        give_wc_grads()
+
+    def projection_phase():
+        pcm.materialize()
+        give_wc_grads()
+        pcm.backward_projections()
+
+    parts = dict(materialize=(no_grads, materialize), copy_wc=(no_grads, copy_wc),
+                 backward_projections=(prep_backward, pcm.backward_projections),
+                 projection_phase=(no_grads, projection_phase),
+                 adamw_pc=(with_grads, opts['pc'].step), adamw_hpr=(with_grads, opts['hpr'].step))
+    names, times = list(parts), {k: [] for k in parts}
+    for rep in range(args.warmup + args.proj_reps):
+        for k in range(len(names)):
+            name = names[(rep + k) % len(names)]
+            prep, fn = parts[name]
+            prep()
+            t = timed(fn, dev, args.clock)
+            if rep >= args.warmup:
+                times[name].append(t)
+    no_grads()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    med['fixed_cost'] = med['projection_phase'] + med['adamw_pc'] - med['adamw_hpr']
+    return med
+
+
+# ----------------------------------------------------------------------------------------------
+# Crossover: tokens/step where PC/HPR drops below a threshold.
+
+def hpr_line(rows):
+    """HPR step time = a + b * tokens, least squares over one batch size's configurations."""
+    tok, hpr = [r['tokens_per_step'] for r in rows], [r['hpr_s'] for r in rows]
+    if len(set(tok)) < 2:
+        return hpr[0], 0.0
+    mt, mh = statistics.fmean(tok), statistics.fmean(hpr)
+    b = sum((t - mt) * (h - mh) for t, h in zip(tok, hpr)) / sum((t - mt) ** 2 for t in tok)
+    return mh - b * mt, b
+
+
+def crossovers(rows, fixed_cost, thresholds=(1.10, 1.05)):
+    """Per batch size, three answers:
+    first_measured: the first configuration from which PC/HPR stays under the threshold (a single
+                    noisy dip does not count);
+    interpolated:   between that configuration and the one before it, linear in log(tokens);
+    model:          PC/HPR = 1 + fixed_cost / (a + b * tokens), with the fixed cost from the projection
+                    phase timings and HPR's line fitted to its measured steps, solved for tokens.
+                    It extrapolates beyond the measured range, and it is far less noisy than a
+                    ratio of two step times a few % apart."""
+    out = []
+    for B in sorted({r['batch_size'] for r in rows}):
+        s = sorted((r for r in rows if r['batch_size'] == B), key=lambda r: r['tokens_per_step'])
+        tok = [r['tokens_per_step'] for r in s]
+        ratio = [r['pc_over_hpr'] for r in s]
+        a, b = hpr_line(s)
+        for thr in thresholds:
+            first = interp = None
+            i = next((i for i in range(len(s)) if all(q < thr for q in ratio[i:])), None)
+            if i is not None:
+                first = tok[i]
+                if i == 0:
+                    interp = tok[0]   # already under at the smallest measured step
+                else:
+                    l0, l1 = math.log(tok[i - 1]), math.log(tok[i])
+                    f = (ratio[i - 1] - thr) / (ratio[i - 1] - ratio[i])
+                    interp = math.exp(l0 + f * (l1 - l0))
+            model = (fixed_cost / (thr - 1) - a) / b if b > 0 and fixed_cost > 0 else None
+            out.append(dict(batch_size=B, threshold=thr, first_measured_tokens=first,
+                            interpolated_tokens=interp,
+                            model_tokens=model if model is None else max(model, 0.0),
+                            fixed_cost_s=fixed_cost, hpr_a_s=a, hpr_b_s_per_token=b))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Memory. Each arm runs in its own process: `python bench.py ... --_memory_arm=pc`.
+#
+# CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated before
+#   the arm's models exist. Exact for tensors; the CUDA context and allocator cache are not counted.
+# CPU: peak resident set size of the process (VmHWM in /proc/self/status) minus its RSS (VmRSS) after
+#   imports, data and a warm-up step on a tiny GPT (so thread pools, oneDNN and the autograd engine are
+#   in the baseline). Details that make it honest:
+#   - ru_maxrss is *not* used: after fork/exec it reports the parent's peak (this script's own RSS,
+#     hundreds of MB after the timings), so a child's ru_maxrss can be mostly the parent's;
+#   - the peak is reset (`5` into /proc/self/clear_refs) after the models are built and the base they
+#     came from is freed, so a transient copy of the base during construction is not counted;
+#   - the child runs with MALLOC_MMAP_THRESHOLD_=65536: glibc then serves every tensor over 64 KiB
+#     with its own mmap and unmaps it on free, so RSS follows the live tensors instead of a heap that
+#     never shrinks.
+#   RSS is still pages, not bytes: small tensors, the allocator and the interpreter add noise of the
+#   order of a MB. The breakdown below comes from tensor sizes, not from RSS.
+
+MEM_MARK = 'BENCH_MEMORY_JSON '
+
+
+def _proc_status(key):
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(key + ':'):
+                    return int(line.split()[1]) * 1024   # kB
+    except OSError:
+        return None
+    return None
+
+
+def mem_now(device):
+    if device.startswith('cuda'):
+        return torch.cuda.memory_allocated()
+    rss = _proc_status('VmRSS')
+    return rss if rss is not None else 0
+
+
+def mem_reset_peak(device):
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')   # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def mem_peak(device):
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated()
+    hwm = _proc_status('VmHWM')
+    if hwm is not None:
+        return hwm
+    import resource   # not Linux: ru_maxrss (bytes on macOS), the parent caveat above applies
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == 'darwin' else r * 1024
+
+
+def nbytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def saved_graph_bytes(model):
+    """Bytes the saved projection graph holds beyond parameters and buffers: the tensors autograd
+    saves in materialize (the W @ P_in intermediates) plus the W_c outputs kept for the backward.
+    Found by recording what autograd saves, by storage, so nothing is counted twice."""
+    owned = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in owned:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.materialize()
+    for w in model._wc:
+        saved.setdefault(w.untyped_storage().data_ptr(), w.untyped_storage().nbytes())
+    model._wc = None
+    for p in model.matrices():
+        p.grad = None
+    return sum(saved.values())
+
+
+def memory_arm(args, arm):
+    """One arm, in this (child) process: returns peak bytes over the baseline and the breakdown."""
+    dev = args.device
+    base_cfg, small_cfg, _ = model_configs(args)
+    B = args.mem_batch_size or max(args.batch_sizes)
+    ctx = autocast(dev)
+    mb = batches(small_cfg, 1, B, dev, args.seed)
+    # warm-up on a tiny GPT: one full step, so lazy runtime state is part of the baseline
+    tiny = gpt.GPT(gpt.GPTConfig(n_layer=1, n_head=1, n_embd=8, d_ff=8, vocab_size=base_cfg.vocab_size,
+                                 block_size=8)).to(dev)
+    tiny_opt = optimizer(tiny.named_parameters(), dev)
+    step_plain(tiny, tiny_opt, [(x[:1, :8], y[:1, :8]) for x, y in mb], ctx)
+    del tiny, tiny_opt
+    gc.collect()
+    sync(dev)
+    baseline = mem_now(dev)
+
+    base, keep = build(base_cfg, small_cfg, dev, args.seed)
+    if arm == 'base':
+        model, named = base, list(base.named_parameters())
+    elif arm == 'hpr':
+        model = pc.hard_prune(base, keep)
+        named = list(model.named_parameters())
+    else:
+        model = pc.ProjectedGPT(base, keep)
+        named = model.named_trainable()
+    if arm != 'base':
+        del base
+    opt = optimizer(named, dev)
+    gc.collect()
+    sync(dev)
+    was_reset = mem_reset_peak(dev)
+    # two steps: the first creates AdamW's state, the second runs with it already allocated
+    for _ in range(2):
+        if arm == 'pc':
+            step_pc(model, model.gpt, opt, mb, ctx)
+        else:
+            step_plain(model, opt, mb, ctx)
+    sync(dev)
+    peak = mem_peak(dev) - baseline
+
+    # the breakdown, from tensor sizes (grads are as large as their parameters)
+    opt_state = nbytes(t for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    parts = dict(frozen_base=0, projections=0, residuals=0, optimizer_state=opt_state,
+                 model_params_grads=0, saved_projection_graph=0)
+    if arm == 'pc':
+        parts['frozen_base'] = nbytes(model.proj.buffers())
+        pr = dict(model.proj.named_parameters())
+        parts['projections'] = 2 * nbytes(p for n, p in pr.items() if not n.endswith('.r'))
+        parts['residuals'] = 2 * nbytes(p for n, p in pr.items() if n.endswith('.r'))
+        parts['model_params_grads'] = 2 * nbytes(model.gpt.parameters())
+        parts['saved_projection_graph'] = saved_graph_bytes(model)
+    else:
+        parts['model_params_grads'] = 2 * nbytes(model.parameters())
+    parts['activations_and_other'] = peak - sum(parts.values())
+    return dict(arm=arm, peak_bytes=peak, baseline_bytes=baseline, micro_batch=B,
+                peak_was_reset=was_reset, parts=parts)
+
+
+def bench_memory(args, argv, log):
+    results = {}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
+    here = os.path.dirname(os.path.abspath(__file__))
+    start = lambda arm: subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv,
+                                          f'--_memory_arm={arm}'], env=env, cwd=here, text=True,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # on CPU the arms run side by side (each measures its own process, and timing is done); on CUDA
+    # one after the other, so that three big models never have to share the GPU's memory
+    arms = ('base', 'hpr', 'pc')
+    procs = {arm: start(arm) for arm in arms} if not args.device.startswith('cuda') else {}
+    for arm in arms:
+        proc = procs.get(arm) or start(arm)
+        out, err = proc.communicate()
+        lines = [l for l in out.splitlines() if l.startswith(MEM_MARK)]
+        if proc.returncode != 0 or not lines:
+            raise SystemExit(f"error: memory arm '{arm}' failed (exit {proc.returncode}):\n{err[-2000:]}")
+        results[arm] = json.loads(lines[-1][len(MEM_MARK):])
+        log(f"  {arm:5s} peak {results[arm]['peak_bytes'] / 2**20:8.2f} MiB")
+    static = {a: r['peak_bytes'] - r['parts']['activations_and_other'] for a, r in results.items()}
+    return dict(arms=results,
+                pc_over_hpr=results['pc']['peak_bytes'] / results['hpr']['peak_bytes'],
+                pc_over_base=results['pc']['peak_bytes'] / results['base']['peak_bytes'],
+                static_pc_over_hpr=static['pc'] / static['hpr'],
+                static_pc_over_base=static['pc'] / static['base'],
+                method=('torch.cuda.max_memory_allocated - memory_allocated before the models'
+                        if args.device.startswith('cuda') else
+                        'VmHWM - VmRSS after imports and a tiny warm-up step, one subprocess per arm, '
+                        'peak reset after construction, MALLOC_MMAP_THRESHOLD_=65536'))
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. FLOPs on paper.
+
+def projection_flops(base_cfg, small_cfg):
+    """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, in
+    the order pc.Projection computes: M = W @ P_in first, then P_out @ M, then + R.
+    Backward (W frozen): W @ P_in needs only dP_in = W^T G, one matmul of the forward's size;
+    P_out @ M needs dP_out = G M^T and, when P_in exists, dM = P_out^T G: two. So the backward is
+    between 1x and 2x the forward, not the usual 2x; counted exactly here. Adding R is counted in the
+    forward (out_c x in_c), its gradient is G itself (free)."""
+    with torch.device('meta'):   # shapes only, no memory: works for the 800M base too
+        base = gpt.GPT(base_cfg)
+    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
+    fwd = bwd = 0
+    for name, w in base.named_parameters():
+        if w.dim() != 2:
+            continue
+        out_role, in_role = pc.axes_of(name)
+        out_dim, in_dim = w.shape
+        out_c = width[out_role] if out_role else out_dim
+        in_c = width[in_role] if in_role else in_dim
+        cur_in = in_dim
+        if in_role:                                  # W (out x in) @ P_in (in x in_c)
+            f = 2 * out_dim * in_dim * in_c
+            fwd, bwd, cur_in = fwd + f, bwd + f, in_c
+        if out_role:                                 # P_out (out_c x out) @ M (out x cur_in)
+            f = 2 * out_c * out_dim * cur_in
+            fwd, bwd = fwd + f, bwd + f * (2 if in_role else 1)
+        fwd += out_c * in_c                          # + R
+    return fwd, bwd
+
+
+def static_memory(base_cfg, small_cfg):
+    """Bytes of everything but activations, fp32 and AdamW (param + grad + 2 states = 16 B per trained
+    element), counted from shapes as pc.ProjectedGPT allocates them. The measured breakdown of the
+    memory arms reproduces these numbers for the bench model (see test_bench.py)."""
+    with torch.device('meta'):
+        base = gpt.GPT(base_cfg)
+    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
+    frozen = p_elems = r_elems = inter = 0
+    for name, w in base.named_parameters():
+        if w.dim() != 2:
+            continue
+        out_role, in_role = pc.axes_of(name)
+        out_dim, in_dim = w.shape
+        out_c = width[out_role] if out_role else out_dim
+        in_c = width[in_role] if in_role else in_dim
+        frozen += w.numel()
+        p_elems += (in_dim * in_c if in_role else 0) + (out_c * out_dim if out_role else 0)
+        r_elems += out_c * in_c
+        if in_role and out_role:
+            inter += out_dim * in_c      # M = W @ P_in, saved for the backward of P_out @ M
+    n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']
+    matrices_c = r_elems                 # every W_c has R's shape
+    vectors_c = n_small - matrices_c
+    pc_bytes = dict(frozen_base=4 * frozen, projections=8 * p_elems, residuals=8 * r_elems,
+                    optimizer_state=8 * (p_elems + r_elems + vectors_c),
+                    model_params_grads=8 * n_small,
+                    saved_projection_graph=4 * (inter + matrices_c))
+    return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=sum(pc_bytes.values()),
+                pc_parts=pc_bytes, p_params=p_elems, r_params=r_elems,
+                pc_over_hpr=sum(pc_bytes.values()) / (16 * n_small),
+                pc_over_base=sum(pc_bytes.values()) / (16 * n_base))
+
+
+def flops_row(label, base_cfg, compression, tokens):
+    small, removed = pc.compressed_config(base_cfg, compression)
+    fwd, bwd = projection_flops(base_cfg, small)
+    per_token = gpt.flops_per_token(small)
+    step = per_token * tokens
+    mem = static_memory(base_cfg, small)
+    return dict(model=label, compression=compression, removed=removed, n_embd=small.n_embd,
+                d_ff=small.d_ff, compressed_params=gpt.param_counts(small)['total'],
+                base_params=gpt.param_counts(base_cfg)['total'], p_params=mem['p_params'],
+                r_params=mem['r_params'], static_base_bytes=mem['base_bytes'],
+                static_hpr_bytes=mem['hpr_bytes'], static_pc_bytes=mem['pc_bytes'],
+                static_pc_over_hpr=mem['pc_over_hpr'], static_pc_over_base=mem['pc_over_base'],
+                tokens_per_step=tokens, proj_fwd_flops=fwd, proj_bwd_flops=bwd,
+                proj_flops=fwd + bwd, step_flops=step, fraction=(fwd + bwd) / step,
+                tokens_for_1pct=(fwd + bwd) / (0.01 * per_token))
+
+
+def bench_flops(args, base_cfg, max_tokens):
+    rows = [flops_row(name, gpt.preset(name), c, args.flops_tokens)
+            for name in ('300m', '800m') for c in (0.35, 0.5, 0.65)]
+    # this run's own model at its largest measured step, to set the FLOP fraction next to the time one
+    rows.append(flops_row(f'bench:{args.model}', base_cfg, args.compression, max_tokens))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Output.
+
+def fmt(v, kind):
+    if v is None:
+        return '-'
+    return {'ms': lambda: f'{v * 1e3:.2f}', 'x': lambda: f'{v:.3f}', 'int': lambda: f'{round(v):d}',
+            'mib': lambda: f'{v / 2**20:.2f}', 'gib': lambda: f'{v / 2**30:.3g}',
+            'g': lambda: f'{v:.3g}', 'pct': lambda: f'{100 * v:.3f}%', 's': lambda: str(v)}[kind]()
+
+
+def table(title, cols, rows):
+    """cols: [(header, key, kind)]; rows: dicts. Returns (plain text, markdown)."""
+    cells = [[fmt(r.get(k), kind) for _, k, kind in cols] for r in rows]
+    heads = [h for h, _, _ in cols]
+    w = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    line = lambda vals: '  '.join(v.rjust(w[i]) for i, v in enumerate(vals))
+    text = '\n'.join([title, line(heads), line(['-' * x for x in w])] + [line(c) for c in cells])
+    md = '\n'.join([f'### {title}', '', '| ' + ' | '.join(heads) + ' |',
+                    '|' + '|'.join('---:' for _ in heads) + '|'] +
+                   ['| ' + ' | '.join(c) + ' |' for c in cells])
+    return text, md
+
+
+def autocast(device):
+    # bf16 autocast on CUDA (as nanoGPT); fp32 on CPU, where bf16 matmuls are slow and emulated
+    return torch.autocast('cuda', dtype=torch.bfloat16) if device.startswith('cuda') else nullcontext()
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.threads > 0 and not args.device.startswith('cuda'):
+        torch.set_num_threads(args.threads)
+    if args.device.startswith('cuda'):
+        torch.backends.cuda.matmul.allow_tf32 = True   # as nanoGPT: fp32 matmuls (W_c) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    if args._memory_arm:
+        print(MEM_MARK + json.dumps(memory_arm(args, args._memory_arm)), flush=True)
+        return None
+
+    t_start = time.time()
+    log = lambda s: print(s, flush=True)
+    base_cfg, small_cfg, removed = model_configs(args)
+    ctx = autocast(args.device)
+    log(f"base {args.model}: {gpt.param_counts(base_cfg)['total']:,} params, n_embd {base_cfg.n_embd}, "
+        f"d_ff {base_cfg.d_ff}; compressed to n_embd {small_cfg.n_embd}, d_ff {small_cfg.d_ff} "
+        f"({gpt.param_counts(small_cfg)['total']:,} params, {100 * removed:.1f}% removed); "
+        f"device {args.device}, {torch.get_num_threads()} threads")
+
+    log(f"1. step time: median of {args.reps} interleaved steps per arm, {args.clock} clock")
+    rows, fixed = bench_steps(args, base_cfg, small_cfg, ctx, log)
+    for r in rows:   # what the fixed cost alone predicts, next to what was measured
+        r['pc_over_hpr_model'] = 1 + fixed['fixed_cost'] / r['hpr_s']
+    cross = crossovers(rows, fixed['fixed_cost'])
+    memory = None
+    if not args.no_memory:
+        log("2. peak memory (one subprocess per arm)")
+        memory = bench_memory(args, argv, log)
+    flops = bench_flops(args, base_cfg, max(r['tokens_per_step'] for r in rows))
+
+    # ---- tables
+    texts, mds = [], []
+    def add(title, cols, rs):
+        t, m = table(title, cols, rs)
+        texts.append(t)
+        mds.append(m)
+    add(f'Step time ({args.clock} clock, median per arm; ratios of medians)',
+        [('B', 'batch_size', 'int'), ('micro', 'micro_batches', 'int'),
+         ('tokens/step', 'tokens_per_step', 'int'), ('HPR ms', 'hpr_s', 'ms'), ('PC ms', 'pc_s', 'ms'),
+         ('naive ms', 'naive_s', 'ms'), ('PC/HPR', 'pc_over_hpr', 'x'),
+         ('1+fixed/HPR', 'pc_over_hpr_model', 'x'),
+         ('naive/HPR', 'naive_over_hpr', 'x'), ('naive/PC', 'naive_over_pc', 'x')], rows)
+    fixed_rows = [dict(part=k, ms=v) for k, v in fixed.items()]
+    fixed_rows.append(dict(part='in-situ PC-HPR gap (median over configs)',
+                           ms=statistics.median(r['pc_s'] - r['hpr_s'] for r in rows)))
+    add('Fixed cost per step (projection phase = materialize + backward_projections; '
+        'fixed_cost = projection phase + AdamW(PC) - AdamW(HPR))',
+        [('part', 'part', 's'), ('ms', 'ms', 'ms')], fixed_rows)
+    add('Tokens/step where PC/HPR falls under the threshold (first measured: first config from which '
+        'the measured ratio stays under; interpolated: log-linear between it and the config before; '
+        'model: 1 + fixed_cost / (a + b*tokens) with HPR = a + b*tokens fitted, extrapolates; '
+        '"-": not reached)',
+        [('B', 'batch_size', 'int'), ('threshold', 'threshold', 'x'),
+         ('first measured', 'first_measured_tokens', 'int'),
+         ('interpolated', 'interpolated_tokens', 'int'), ('model', 'model_tokens', 'int')], cross)
+    if memory:
+        arms = memory['arms']
+        part_names = list(arms['pc']['parts'])
+        mem_rows = [dict(item='peak (measured)', **{a: arms[a]['peak_bytes'] for a in arms})]
+        mem_rows += [dict(item=p, **{a: arms[a]['parts'][p] for a in arms}) for p in part_names]
+        mem_rows.append(dict(item='static (parts without activations)', **{
+            a: arms[a]['peak_bytes'] - arms[a]['parts']['activations_and_other'] for a in arms}))
+        add(f"Peak memory, MiB, one optimizer step with micro-batch {arms['pc']['micro_batch']} "
+            f"(peak: PC = {memory['pc_over_hpr']:.2f} x HPR = {memory['pc_over_base']:.2f} x base "
+            f"training; static: PC = {memory['static_pc_over_hpr']:.2f} x HPR = "
+            f"{memory['static_pc_over_base']:.2f} x base; parts from tensor sizes, "
+            f"activations_and_other = measured peak - parts)",
+            [('item', 'item', 's'), ('base', 'base', 'mib'), ('HPR', 'hpr', 'mib'), ('PC', 'pc', 'mib')],
+            mem_rows)
+    add('FLOPs on paper (projection = build W_c + backward into P, R, once per step; '
+        'step = gpt.flops_per_token(compressed) x tokens)',
+        [('model', 'model', 's'), ('compr', 'compression', 'x'), ('removed', 'removed', 'x'),
+         ('d', 'n_embd', 'int'), ('f', 'd_ff', 'int'), ('tokens/step', 'tokens_per_step', 'int'),
+         ('proj fwd', 'proj_fwd_flops', 'g'), ('proj bwd', 'proj_bwd_flops', 'g'),
+         ('step', 'step_flops', 'g'), ('proj/step', 'fraction', 'pct'),
+         ('tokens for 1%', 'tokens_for_1pct', 'int')], flops)
+    add('Static memory on paper (fp32, AdamW; params + grads + optimizer state, PC also the frozen '
+        'base and the saved projection graph; no activations), GiB',
+        [('model', 'model', 's'), ('compr', 'compression', 'x'), ('base params', 'base_params', 'g'),
+         ('HPR params', 'compressed_params', 'g'), ('PC P', 'p_params', 'g'), ('PC R', 'r_params', 'g'),
+         ('base GiB', 'static_base_bytes', 'gib'), ('HPR GiB', 'static_hpr_bytes', 'gib'),
+         ('PC GiB', 'static_pc_bytes', 'gib'), ('PC/HPR', 'static_pc_over_hpr', 'x'),
+         ('PC/base', 'static_pc_over_base', 'x')], flops)
+
+    wall = time.time() - t_start
+    meta = dict(device=args.device, torch=torch.__version__, threads=torch.get_num_threads(),
+                clock=args.clock,
+                platform=platform.platform(), autocast='bf16' if args.device.startswith('cuda') else 'none',
+                compile=args.compile, model=args.model, base_config=asdict(base_cfg),
+                compressed_config=asdict(small_cfg), removed=removed, args=vars(args), wall_s=wall)
+    results = dict(meta=meta, timing=dict(configs=rows, fixed_cost=fixed, crossover=cross),
+                   memory=memory, flops=flops)
+    print()
+    print('\n\n'.join(texts))
+    print(f"\nwall time {wall:.1f} s")
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, 'bench_results.json'), 'w') as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out_dir, 'bench_results.md'), 'w') as f:
+        f.write(f"# Projected Compression vs HPR: cost benchmark\n\n"
+                f"`{' '.join(['python bench.py'] + argv)}` on {args.device} "
+                f"({torch.get_num_threads()} threads, torch {torch.__version__}), wall {wall:.0f} s. "
+                f"Base {args.model} (n_embd {base_cfg.n_embd}, d_ff {base_cfg.d_ff}, "
+                f"{base_cfg.n_layer} layers), compressed to n_embd {small_cfg.n_embd}, "
+                f"d_ff {small_cfg.d_ff} ({100 * removed:.1f}% of params removed). Times are "
+                f"{'process CPU time' if args.clock == 'cpu' else 'wall clock'}, arms interleaved "
+                f"round-robin, median of {args.reps} steps.\n\n")
+        if memory:
+            f.write(f"Memory method: {memory['method']}.\n\n")
+        f.write('\n\n'.join(mds) + '\n')
+    return results
+
+
+if __name__ == '__main__':
+    main()
