@@ -23,7 +23,7 @@ import train
 
 # ---- compare.py's own settings ----
 levels = '0.5'                # compression levels (fraction of the base's parameters removed)
-budgets = '500,1500'          # iterations of each arm run: one run per budget, each a full schedule
+budgets = '500,1000'          # iterations of each arm run: one run per budget, each a full schedule
 early = False                 # also race from the base kept at early_ckpt_frac of its tokens
 last_steps = 100              # the paper's measure: training loss averaged over the last N steps
 base_config = 'config/base_shakespeare_char.py'
