@@ -236,8 +236,6 @@ def bench_fixed_cost(args, hpr, pcm, opts):
     wc_grads = [torch.randn_like(p) for p in pcm.matrices()]    # a given W_c gradient
     trained = [p for opt in (opts['pc'], opts['hpr']) for g in opt.param_groups for p in g['params']]
     adam_grads = [torch.randn_like(p) for p in trained]         # AdamW's time ignores the values
-    with torch.no_grad():
-        wc_values = [proj().detach() for _, proj in pcm.projections()]
 
     def no_grads():               # as after opt.zero_grad(set_to_none=True)
         for p in trained:
@@ -250,11 +248,6 @@ def bench_fixed_cost(args, hpr, pcm, opts):
     def materialize():
         pcm.materialize()
         pcm._wc = None            # drop the graph, as backward_projections would
-
-    def copy_wc():                # materialize's copy of W_c into the compressed GPT, on its own
-        with torch.no_grad():
-            for p, w in zip(pcm.matrices(), wc_values):
-                p.copy_(w)
 
     def give_wc_grads():
         for p, g in zip(pcm.matrices(), wc_grads):
@@ -270,7 +263,7 @@ def bench_fixed_cost(args, hpr, pcm, opts):
         give_wc_grads()
         pcm.backward_projections()
 
-    parts = dict(materialize=(no_grads, materialize), copy_wc=(no_grads, copy_wc),
+    parts = dict(materialize=(no_grads, materialize),
                  backward_projections=(prep_backward, pcm.backward_projections),
                  projection_phase=(no_grads, projection_phase),
                  adamw_pc=(with_grads, opts['pc'].step), adamw_hpr=(with_grads, opts['hpr'].step))
@@ -404,8 +397,9 @@ def nbytes(tensors):
 
 def saved_graph_bytes(model):
     """Bytes the saved projection graph holds beyond parameters and buffers: the tensors autograd
-    saves in materialize (the W @ P_in intermediates) plus the W_c outputs kept for the backward.
-    Found by recording what autograd saves, by storage, so nothing is counted twice."""
+    saves in materialize (the W @ P_in intermediates). The W_c outputs it keeps for the backward are
+    the compressed GPT's own matrices (counted there). Found by recording what autograd saves, by
+    storage, so nothing is counted twice."""
     owned = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     saved = {}
 
@@ -416,8 +410,8 @@ def saved_graph_bytes(model):
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.materialize()
-    for w in model._wc:
-        saved.setdefault(w.untyped_storage().data_ptr(), w.untyped_storage().nbytes())
+    for w in model._wc:   # materialize made these the GPT's matrices: not extra memory
+        saved.pop(w.untyped_storage().data_ptr(), None)
     model._wc = None
     for p in model.matrices():
         p.grad = None
@@ -517,6 +511,20 @@ def bench_memory(args, argv, log):
 # ----------------------------------------------------------------------------------------------
 # 3. FLOPs on paper.
 
+def projected_shapes(base_cfg, small_cfg):
+    """(out_dim, in_dim, out_c, in_c, out_role, in_role) of every matrix PC projects, from pc.AXES,
+    without allocating anything (meta device: works for the 800M base too)."""
+    with torch.device('meta'):
+        base = gpt.GPT(base_cfg)
+    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
+    for name, w in base.named_parameters():
+        if w.dim() == 2:
+            out_role, in_role = pc.axes_of(name)
+            out_dim, in_dim = w.shape
+            yield (out_dim, in_dim, width[out_role] if out_role else out_dim,
+                   width[in_role] if in_role else in_dim, out_role, in_role)
+
+
 def projection_flops(base_cfg, small_cfg):
     """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, in
     the order pc.Projection computes: M = W @ P_in first, then P_out @ M, then + R.
@@ -524,17 +532,8 @@ def projection_flops(base_cfg, small_cfg):
     P_out @ M needs dP_out = G M^T and, when P_in exists, dM = P_out^T G: two. So the backward is
     between 1x and 2x the forward, not the usual 2x; counted exactly here. Adding R is counted in the
     forward (out_c x in_c), its gradient is G itself (free)."""
-    with torch.device('meta'):   # shapes only, no memory: works for the 800M base too
-        base = gpt.GPT(base_cfg)
-    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
     fwd = bwd = 0
-    for name, w in base.named_parameters():
-        if w.dim() != 2:
-            continue
-        out_role, in_role = pc.axes_of(name)
-        out_dim, in_dim = w.shape
-        out_c = width[out_role] if out_role else out_dim
-        in_c = width[in_role] if in_role else in_dim
+    for out_dim, in_dim, out_c, in_c, out_role, in_role in projected_shapes(base_cfg, small_cfg):
         cur_in = in_dim
         if in_role:                                  # W (out x in) @ P_in (in x in_c)
             f = 2 * out_dim * in_dim * in_c
@@ -550,29 +549,19 @@ def static_memory(base_cfg, small_cfg):
     """Bytes of everything but activations, fp32 and AdamW (param + grad + 2 states = 16 B per trained
     element), counted from shapes as pc.ProjectedGPT allocates them. The measured breakdown of the
     memory arms reproduces these numbers for the bench model (see test_bench.py)."""
-    with torch.device('meta'):
-        base = gpt.GPT(base_cfg)
-    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
     frozen = p_elems = r_elems = inter = 0
-    for name, w in base.named_parameters():
-        if w.dim() != 2:
-            continue
-        out_role, in_role = pc.axes_of(name)
-        out_dim, in_dim = w.shape
-        out_c = width[out_role] if out_role else out_dim
-        in_c = width[in_role] if in_role else in_dim
-        frozen += w.numel()
+    for out_dim, in_dim, out_c, in_c, out_role, in_role in projected_shapes(base_cfg, small_cfg):
+        frozen += out_dim * in_dim
         p_elems += (in_dim * in_c if in_role else 0) + (out_c * out_dim if out_role else 0)
         r_elems += out_c * in_c
         if in_role and out_role:
             inter += out_dim * in_c      # M = W @ P_in, saved for the backward of P_out @ M
     n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']
-    matrices_c = r_elems                 # every W_c has R's shape
-    vectors_c = n_small - matrices_c
+    vectors_c = n_small - r_elems        # every W_c has R's shape
     pc_bytes = dict(frozen_base=4 * frozen, projections=8 * p_elems, residuals=8 * r_elems,
                     optimizer_state=8 * (p_elems + r_elems + vectors_c),
                     model_params_grads=8 * n_small,
-                    saved_projection_graph=4 * (inter + matrices_c))
+                    saved_projection_graph=4 * inter)   # W_c itself is the GPT's matrices
     return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=sum(pc_bytes.values()),
                 pc_parts=pc_bytes, p_params=p_elems, r_params=r_elems,
                 pc_over_hpr=sum(pc_bytes.values()) / (16 * n_small),

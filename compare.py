@@ -74,15 +74,16 @@ def main(argv):
     lv = [float(x) for x in str(opts['levels']).split(',')]
     bud = [int(x) for x in str(opts['budgets']).split(',')]
 
-    # 1. the embedded dataset
-    if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                       'data', 'shakespeare_char', 'meta.json')):
+    # 1. the embedded dataset, prepared if missing
+    base_cfg = train.parse_args([opts['base_config']] + theirs)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if (base_cfg['dataset'] == 'shakespeare_char'
+            and not os.path.exists(os.path.join(here, 'data', 'shakespeare_char', 'meta.json'))):
         print("== preparing data/shakespeare_char")
         from data.shakespeare_char import prepare
         prepare.main()
 
     # 2. the base (and its early checkpoint)
-    base_cfg = train.parse_args([opts['base_config']] + theirs)
     if opts['base_dir']:
         base_cfg['out_dir'] = opts['base_dir']
     base = run(base_cfg, f"base: {opts['base_config']}")
@@ -116,14 +117,19 @@ def main(argv):
 
 
 def plot(results, base, opts):
+    """Per compression level: validation loss against tokens (top, zoomed past the step-0 drop) and
+    PC minus HPR (bottom: below zero, PC is ahead)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     lvls = sorted({r['level'] for r in results})
-    fig, axes = plt.subplots(1, len(lvls), figsize=(6 * len(lvls), 4.5), squeeze=False)
+    longest = max(r['iters'] for r in results)
+    fig, axes = plt.subplots(2, len(lvls), figsize=(max(8, 6 * len(lvls)), 7.5), squeeze=False,
+                             gridspec_kw=dict(height_ratios=[2, 1]), sharex='col')
     colors = {'hpr': 'tab:orange', 'pc': 'tab:blue'}
-    for ax, lvl in zip(axes[0], lvls):
-        longest = max(r['iters'] for r in results)
+    for col, lvl in enumerate(lvls):
+        ax, dax = axes[0, col], axes[1, col]
+        curve, shown = {}, []
         for r in results:
             if r['level'] != lvl:
                 continue
@@ -131,19 +137,34 @@ def plot(results, base, opts):
             label = f"{r['arm'].upper()} ({r['base']} base)"
             if r['iters'] == longest:   # the whole curve of the longest run
                 ev = records(r['out_dir'], 'eval')
+                curve[r['base'], r['arm']] = ev
                 ax.plot([e['tokens'] / 1e6 for e in ev], [e['val_loss'] for e in ev], style,
                         color=colors[r['arm']], label=label)
+                shown += [e['val_loss'] for e in ev[1:]]
+                start = ev[0]['val_loss']
             else:                       # shorter budgets: their final point
                 ax.plot(r['tokens'] / 1e6, r['val_loss'], 'o' if r['base'] == 'final' else 's',
-                        color=colors[r['arm']], mfc='none',
-                        label=f"{label}, end of a {r['iters']}-iter run")
+                        color=colors[r['arm']], mfc='none', label=f"{label}, end of a {r['iters']}-iter run")
+                shown.append(r['val_loss'])
         ax.axhline(base['val_loss'], color='gray', lw=0.8, ls='--', label='uncompressed base')
-        ax.set_title(f"{lvl:.0%} of the base's parameters removed")
-        ax.set_xlabel('retraining tokens (millions)')
+        # the step-0 loss of the pruned model is far above the rest: keep the interesting range
+        ax.set_ylim(min(shown + [base['val_loss']]) - 0.02, max(shown) + 0.02)
+        ax.set_title(f"{lvl:.0%} of the base's parameters removed\n"
+                     f"(both arms start at {start:.3f} at step 0, above the chart)", fontsize=10)
         ax.set_ylabel('validation loss (nats/token)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle('PC vs HPR from the same base: held-out validation loss')
+        for b in sorted({b for b, _ in curve}):
+            hpr, pc_ = curve[b, 'hpr'], curve[b, 'pc']
+            dax.plot([e['tokens'] / 1e6 for e in pc_], [p['val_loss'] - h['val_loss'] for p, h in zip(pc_, hpr)],
+                     '-' if b == 'final' else ':', color='k', label=f"{b} base")
+        dax.axhline(0, color='gray', lw=0.8)
+        dax.set_xlabel('retraining tokens (millions)')
+        dax.set_ylabel('PC - HPR (nats/token)')
+        dax.set_title('below zero: PC ahead', fontsize=9)
+        dax.grid(alpha=0.3)
+        dax.legend(fontsize=8)
+    fig.suptitle(f"PC vs HPR from one base: held-out validation loss (curves: {longest}-iteration runs)")
     fig.tight_layout()
     path = os.path.join(opts['out_dir'], 'compare.png')
     fig.savefig(path, dpi=120)
