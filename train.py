@@ -225,7 +225,7 @@ def train(cfg):
     else:
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
-        base = gpt.load_gpt(c.base_ckpt)
+        base = gpt.load_gpt(c.base_ckpt, map_location=dev)   # importance and pruning run on dev
         base_info = dict(base_ckpt=os.path.abspath(c.base_ckpt), base_sha256=file_sha256(c.base_ckpt))
         if resume is not None and resume.get('base_sha256') != base_info['base_sha256']:
             raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {ckpt_path} was "
@@ -251,7 +251,7 @@ def train(cfg):
         else:
             base_dtype = ({'auto': torch.bfloat16 if device_type == 'cuda' else torch.float32,
                            'float32': torch.float32, 'bfloat16': torch.bfloat16}[c.base_dtype])
-            projected = pc.ProjectedGPT(base.to(dev), keep, residual=c.residual, base_dtype=base_dtype)
+            projected = pc.ProjectedGPT(base, keep, residual=c.residual, base_dtype=base_dtype)
             model = projected.gpt
         del base
         mcfg = model.config
