@@ -96,7 +96,9 @@ def model_configs(args):
         base = gpt.preset(args.model)
     else:
         base = gpt.GPTConfig(**(QUICK if args.model == 'quick' else SMALL))
-    small, removed = pc.compressed_config(base, args.compression)
+    # the paper's shapes in multiples of 64, as config/pc_*.py compress them
+    small, removed = pc.compressed_config(base, args.compression,
+                                          multiple_of=64 if args.model in ('300m', '800m') else 1)
     return base, small, removed
 
 
@@ -568,8 +570,8 @@ def static_memory(base_cfg, small_cfg):
                 pc_over_base=sum(pc_bytes.values()) / (16 * n_base))
 
 
-def flops_row(label, base_cfg, compression, tokens):
-    small, removed = pc.compressed_config(base_cfg, compression)
+def flops_row(label, base_cfg, compression, tokens, multiple_of=1):
+    small, removed = pc.compressed_config(base_cfg, compression, multiple_of=multiple_of)
     fwd, bwd = projection_flops(base_cfg, small)
     per_token = gpt.flops_per_token(small)
     step = per_token * tokens
@@ -586,7 +588,8 @@ def flops_row(label, base_cfg, compression, tokens):
 
 
 def bench_flops(args, base_cfg, max_tokens):
-    rows = [flops_row(name, gpt.preset(name), c, args.flops_tokens)
+    # widths in multiples of 64, as config/pc_*.py compress them
+    rows = [flops_row(name, gpt.preset(name), c, args.flops_tokens, multiple_of=64)
             for name in ('300m', '800m') for c in (0.35, 0.5, 0.65)]
     # this run's own model at its largest measured step, to set the FLOP fraction next to the time one
     rows.append(flops_row(f'bench:{args.model}', base_cfg, args.compression, max_tokens))

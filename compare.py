@@ -3,7 +3,7 @@ The paper's race, on the embedded default: from one base, with the same importan
 optimizer, schedule, batch and tokens, does Projected Compression (PC) end at a lower loss than hard
 pruning with retraining (HPR)?
 
-    python compare.py                      # 50% compression, two token budgets, ~15 min on 2 cores
+    python compare.py                      # 50% compression, two token budgets, ~12 min on 2 cores
     python compare.py --levels=0.35,0.5,0.65 --early=True
 
 It prepares data/shakespeare_char and trains the base of config/base_shakespeare_char.py if they are
@@ -37,7 +37,9 @@ def run(cfg, label):
     path = os.path.join(cfg['out_dir'], 'summary.json')
     if os.path.exists(path):
         done = json.load(open(path))
-        if done.get('config') == cfg:
+        same_base = cfg['arm'] == 'base' or (os.path.exists(cfg['base_ckpt']) and
+                                             done.get('base_sha256') == train.file_sha256(cfg['base_ckpt']))
+        if done.get('config') == cfg and same_base:
             print(f"== {label}: reusing {cfg['out_dir']}")
             return done
     resume = os.path.exists(os.path.join(cfg['out_dir'], 'ckpt.pt')) and cfg['arm'] == 'base'
@@ -68,11 +70,20 @@ def main(argv):
         (ours if a.startswith('--') and a[2:].partition('=')[0] in opts else theirs).append(a)
     for a in ours:
         key, _, value = a[2:].partition('=')
-        opts[key] = value in ('True', 'true', '1') if isinstance(opts[key], bool) else type(opts[key])(value)
+        try:
+            opts[key] = value in ('True', 'true', '1') if isinstance(opts[key], bool) else type(opts[key])(value)
+        except ValueError:
+            raise SystemExit(f"error: --{key}={value} should be a {type(opts[key]).__name__}")
     if any(not a.startswith('--') for a in theirs):
         raise SystemExit(f"error: compare.py takes only --key=value options, got {theirs}")
-    lv = [float(x) for x in str(opts['levels']).split(',')]
-    bud = [int(x) for x in str(opts['budgets']).split(',')]
+    try:
+        lv = [float(x) for x in str(opts['levels']).split(',')]
+        bud = [int(x) for x in str(opts['budgets']).split(',')]
+    except ValueError:
+        raise SystemExit(f"error: --levels={opts['levels']} and --budgets={opts['budgets']} should be "
+                         f"comma-separated numbers, e.g. --levels=0.35,0.5 --budgets=500,1000")
+    if min(bud) <= 0 or opts['last_steps'] <= 0:
+        raise SystemExit("error: --budgets and --last_steps must be positive")
 
     # 1. the embedded dataset, prepared if missing
     base_cfg = train.parse_args([opts['base_config']] + theirs)
@@ -184,8 +195,8 @@ def table(results, base, base_cfg, opts):
              f"{base['val_loss']:.4f}; {bm.config.n_layer} layers, n_embd {bm.config.n_embd}, "
              f"d_ff {bm.config.d_ff}.", '']
     for title, key in (('Held-out validation loss', 'val_loss'),
-                       (f"Training loss averaged over the last {opts['last_steps']} steps "
-                        f"(the paper's measure)", 'train_loss')):
+                       (f"Training loss averaged over the last {opts['last_steps']} steps of each run, "
+                        f"or all of a shorter one (the paper's measure)", 'train_loss')):
         lines += [f"**{title}** (columns: retraining tokens of each run; best of each pair in bold)",
                   '', head, rule]
         groups = sorted({(r['level'], r['base']) for r in results}, key=lambda g: (g[0], g[1] != 'final'))

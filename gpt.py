@@ -30,6 +30,9 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        if self.head_dim == 0 and self.n_head > self.n_embd:
+            raise SystemExit(f"error: n_head={self.n_head} is larger than n_embd={self.n_embd}: use fewer "
+                             f"heads or set head_dim")
         if self.head_dim == 0:
             self.head_dim = self.n_embd // self.n_head
         if self.d_ff == 0:
@@ -39,8 +42,10 @@ class GPTConfig:
                 raise SystemExit(f"error: model config {k}={getattr(self, k)} must be positive")
 
 
-# The paper's two bases (section 4.1): GPT-2 vocabulary, context 512, untied head. The untied head is
-# how they reach their names: about 305M and 835M parameters (see param_counts and the README).
+# The paper's two bases. Section 4.1 gives their layers and heads (16/16 and 24/24) and their names;
+# the rest is this project's choice: GPT-2 widths (64 per head, d_ff = 4 * n_embd), the GPT-2
+# vocabulary, context 512 and an untied head, which is how they reach their names: about 305M and
+# 835M parameters (see param_counts and the README).
 PRESETS = {
     '300m': dict(n_layer=16, n_head=16, n_embd=1024, d_ff=4096, block_size=512, vocab_size=50257,
                  tie_embeddings=False),

@@ -237,9 +237,9 @@ class ProjectedGPT(nn.Module):
             if w.dim() == 2:
                 roles, layer = axes_of(name), layer_of(name)
                 self.proj[name.replace('.', '_')] = Projection(
-                    w, kept(keep, roles[1], layer), kept(keep, roles[0], layer), residual, base_dtype)
+                    w, in_keep=kept(keep, roles[1], layer), out_keep=kept(keep, roles[0], layer),
+                    residual=residual, dtype=base_dtype)
                 self.names.append(name)
-        self._wc = None
         self.materialize()                  # matrices of self.gpt = W_c at step 0
         self._wc = None
 

@@ -821,8 +821,10 @@ def test_loader_determinism(tmp_path):
 
 
 def test_loader_bad_inputs(tmp_path):
-    msg = error_of(open_dataset, tmp_path / "shakespeare_char", "train")
-    assert "dataset not prepared" in msg and "`python data/shakespeare_char/prepare.py`" in msg
+    msg = error_of(open_dataset, os.path.join(REPO, "data", "_never_prepared"), "train")
+    assert "dataset not prepared" in msg and "`python data/_never_prepared/prepare.py`" in msg
+    msg = error_of(open_dataset, tmp_path / "shakespeare_char", "train")   # a folder elsewhere
+    assert "dataset not prepared" in msg and "data/*/prepare.py" in msg
     msg = error_of(Batches, tmp_path / "c4", "train", 8, 2, seed=0)
     assert "python data/c4/prepare.py" in msg and "--src" in msg
 
@@ -1058,6 +1060,9 @@ def test_parse_args_errors(tmp_path):
     error_of(parse, [str(conf2)], match=r"eval_iters=2\.5 in .*badtype\.py should be a int")
     error_of(parse, ['--max_iters'], match=r"should look like --max_iters=value")
     error_of(parse, [str(tmp_path / 'nope.py')], match=r"config file '.*nope\.py' not found")
+    conf3 = tmp_path / 'syntax.py'
+    conf3.write_text("n_layer = = 2\n")
+    error_of(parse, [str(conf3)], match=r"config file '.*syntax\.py' fails to run: SyntaxError")
 
 
 # ------------------------------------------------------------------------------------ base
@@ -1104,6 +1109,18 @@ def test_early_checkpoint(dataset, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ resume
+
+def test_resume_refuses_other_settings(dataset, base_run, tmp_path):
+    """A resume whose model settings differ from the checkpoint's, or whose length the checkpoint
+    has already passed, is refused with one line instead of training something else (or forever)."""
+    out = str(tmp_path / 'r')
+    run(dataset, out, arm='base', max_iters=4, eval_interval=2, stop_iter=2)
+    error_of(lambda: run(dataset, out, arm='base', max_iters=4, eval_interval=2, n_layer=3,
+                         init_from='resume'), match=r"other model settings: n_layer=3 \(checkpoint: 2\)")
+    run(dataset, out, arm='base', max_iters=4, eval_interval=2, init_from='resume')
+    error_of(lambda: run(dataset, out, arm='base', max_iters=3, eval_interval=2, init_from='resume'),
+             match=r"is at iter 4, past this run's length \(3 iters\)")
+
 
 @pytest.mark.parametrize('arm', ['base', 'pc', 'hpr'])
 def test_resume_equals_uninterrupted(arm, dataset, base_run, arm_runs, tmp_path):
@@ -1262,6 +1279,16 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     error_of(go(**{**ok, 'max_tokens': 1000}), match=r"exactly one of max_iters, max_tokens")
     error_of(go(**{**ok, 'max_iters': 0}), match=r"exactly one of max_iters, max_tokens")
     error_of(go(**{**ok, 'init_from': 'resume'}), match=r"ckpt\.pt' does not exist")
+    for key in ('eval_interval', 'log_interval', 'batch_size', 'grad_accum', 'block_size'):
+        error_of(go(**{**ok, key: 0}), match=rf"{key}=0 must be positive")
+    error_of(go(**{**ok, 'max_iters': -3}), match=r"max_iters=-3 must not be negative")
+    error_of(go(**{**pc_ok, 'base_dtype': 'fp16'}), match=r"base_dtype='fp16' should be one of")
+    error_of(go(**{**ok, 'early_ckpt_frac': 2.0}), match=r"early_ckpt_frac=2\.0 must be in \[0, 1\)")
+    msg = error_of(go(**{**ok, 'tokens_per_param': 40.0}), match=r"exactly one of max_iters")
+    assert 'max_iters=2, tokens_per_param=40.0' in msg and '--tokens_per_param=0' in msg
+    error_of(go(**{**ok, 'n_head': 64}), match=r"n_head=64 is larger than n_embd=32")
+    if not torch.cuda.is_available():
+        error_of(go(**{**ok, 'device': 'cuda'}), match=r"no CUDA GPU")
     assert not out.exists()                                  # nothing was written by a refused run
 
     # grad_accum must split over the processes: pretend to be rank 0 of 2 without a process group
@@ -1364,6 +1391,13 @@ def test_compare_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert compare.main(args) == results
     assert os.path.getmtime(ckpt) == stamp and capsys.readouterr().out.count('reusing') == 9
+
+
+def test_compare_bad_options():
+    """compare.py's own options fail with one line, before any work."""
+    error_of(compare.main, ['--levels=abc'], match=r"--levels=abc and --budgets=.* comma-separated")
+    error_of(compare.main, ['--budgets=0'], match=r"--budgets and --last_steps must be positive")
+    error_of(compare.main, ['--last_steps=x'], match=r"--last_steps=x should be a int")
 
 
 def test_last_steps_loss(tmp_path):

@@ -3,7 +3,8 @@ Train a GPT: a base from scratch (arm=base), or a compressed model from a base c
 Projected Compression (arm=pc) or by hard pruning and retraining (arm=hpr).
 
     python train.py config/base_shakespeare_char.py
-    python train.py config/base_shakespeare_char.py --arm=pc --base_ckpt=out/base_char/ckpt.pt
+    python train.py config/compare_shakespeare_char.py --arm=pc --max_iters=1000 \
+        --base_ckpt=out/base_shakespeare_char/ckpt.pt --out_dir=out/pc_char
     torchrun --standalone --nproc_per_node=4 train.py config/pc_300m_50.py
 
 Settings: the defaults below, then a config file (plain Python assignments), then --key=value.
@@ -20,6 +21,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -58,7 +60,8 @@ importance = 'magnitude'    # magnitude | activation | random
 importance_batches = 8      # calibration batches for importance=activation
 residual = True             # PC: train the residual R in W_c = P_out W P_in + R
 pc_naive = False            # PC: recompute W_c in every micro-batch (slow; for checks and bench)
-base_dtype = 'auto'         # PC: dtype of the frozen base copy; auto = bfloat16 on CUDA, float32 on CPU
+base_dtype = 'float32'      # PC: dtype of the frozen base copy; 'bfloat16' halves it (then W P_in is
+                            # computed in bf16 and step 0 equals HPR only up to bf16 rounding)
 # length: give exactly one
 max_iters = 0
 max_tokens = 0
@@ -82,6 +85,7 @@ device = 'auto'             # auto | cpu | cuda
 compile = False             # torch.compile the trained GPT (CUDA)
 peak_flops = 0.0            # hardware FLOP/s for MFU; 0: 989e12 on an H100, 312e12 on other CUDA, none on CPU
 seed = 1337
+BASE_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 # ------------------------------------------------------------------------------------------------
@@ -115,7 +119,10 @@ def parse_args(argv):
             if not os.path.isfile(arg):
                 raise SystemExit(f"error: config file '{arg}' not found (see config/ for examples)")
             ns = {}
-            exec(open(arg).read(), ns)
+            try:
+                exec(open(arg).read(), ns)
+            except Exception as e:
+                raise SystemExit(f"error: config file '{arg}' fails to run: {type(e).__name__}: {e}")
             for key, value in ns.items():
                 if not key.startswith('_') and isinstance(value, (bool, int, float, str)):
                     put(key, value, arg)
@@ -139,7 +146,8 @@ def load_projected(path, map_location='cpu'):
         raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
                          f"missing or has changed")
     base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
-    projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'])
+    projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'],
+                                base_dtype=BASE_DTYPES[ckpt['config']['base_dtype']])
     projected.load_state_dict(ckpt['model'])   # its GPT matrices were saved as the current W_c
     return projected
 
@@ -174,11 +182,23 @@ def ranks_agree(params, world):
 
 def train(cfg):
     """Run one training job; returns a summary dict (also printed)."""
-    c = type('Config', (), dict(cfg))  # attribute access: c.batch_size
+    c = SimpleNamespace(**cfg)   # attribute access: c.batch_size
     if c.arm not in ('base', 'pc', 'hpr'):
         raise SystemExit(f"error: unknown arm '{c.arm}'; use base, pc or hpr")
     if c.init_from not in ('scratch', 'resume'):
         raise SystemExit(f"error: init_from='{c.init_from}' should be scratch or resume")
+    if c.base_dtype not in BASE_DTYPES:
+        raise SystemExit(f"error: base_dtype='{c.base_dtype}' should be one of {sorted(BASE_DTYPES)}")
+    for key in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
+        if cfg[key] <= 0:
+            raise SystemExit(f"error: {key}={cfg[key]} must be positive")
+    for key in ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter'):
+        if cfg[key] < 0:
+            raise SystemExit(f"error: {key}={cfg[key]} must not be negative")
+    if not 0 <= c.early_ckpt_frac < 1:
+        raise SystemExit(f"error: early_ckpt_frac={c.early_ckpt_frac} must be in [0, 1)")
+    if c.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: device='{c.device}' but this machine has no CUDA GPU; use --device=auto")
 
     # ---- processes and device ----
     ddp = int(os.environ.get('RANK', -1)) != -1
@@ -212,6 +232,15 @@ def train(cfg):
         raise SystemExit(f"error: {ckpt_path} is an arm={resume['config']['arm']} run; "
                          f"resume it with --arm={resume['config']['arm']}")
     projected, keep, base_info = None, None, {}
+    if resume is not None:   # the settings that shape the model must be the checkpoint's
+        shape_keys = ('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
+                      'tie_embeddings', 'compression', 'compressed_n_embd', 'compressed_d_ff',
+                      'width_multiple', 'importance', 'residual', 'base_dtype')
+        changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
+                   if resume['config'].get(k) != cfg[k]]
+        if changed:
+            raise SystemExit(f"error: {ckpt_path} was trained with other model settings: "
+                             f"{', '.join(changed)}; resume with the checkpoint's settings")
     if c.arm == 'base':
         if resume is not None:
             mcfg = gpt.GPTConfig(**resume['model_args'])
@@ -249,9 +278,8 @@ def train(cfg):
         if c.arm == 'hpr':
             model = pc.hard_prune(base, keep)
         else:
-            base_dtype = ({'auto': torch.bfloat16 if device_type == 'cuda' else torch.float32,
-                           'float32': torch.float32, 'bfloat16': torch.bfloat16}[c.base_dtype])
-            projected = pc.ProjectedGPT(base, keep, residual=c.residual, base_dtype=base_dtype)
+            projected = pc.ProjectedGPT(base, keep, residual=c.residual,
+                                        base_dtype=BASE_DTYPES[c.base_dtype])
             model = projected.gpt
         del base
         mcfg = model.config
@@ -262,9 +290,9 @@ def train(cfg):
         raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
                          f"{mcfg.vocab_size}; pick a matching dataset")
     model.to(dev)
-    trained = projected if projected is not None else model   # what the optimizer and ckpt hold
+    saved_module = projected if projected is not None else model   # what the checkpoint holds
     if resume is not None:
-        trained.load_state_dict(resume['model'])
+        saved_module.load_state_dict(resume['model'])
     if projected is not None:
         named = projected.named_trainable()
         optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2),
@@ -290,9 +318,11 @@ def train(cfg):
     train_batches = Batches(data_dir, 'train', c.block_size, c.batch_size, c.seed, rank, world)
     val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
     tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
-    lengths = [bool(c.max_iters), bool(c.max_tokens), bool(c.tokens_per_param)]
-    if sum(lengths) != 1:
-        raise SystemExit("error: give exactly one of max_iters, max_tokens, tokens_per_param")
+    lengths = {k: cfg[k] for k in ('max_iters', 'max_tokens', 'tokens_per_param') if cfg[k]}
+    if len(lengths) != 1:
+        raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
+                         f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
+                         f"set the others to 0, e.g. --tokens_per_param=0")
     total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * n_model) / tokens_per_iter))
     say(f"arm={c.arm}: model {n_model:,} params ({n_trainable:,} trained), {world} process(es) on "
         f"{dev}, {tokens_per_iter:,} tokens/iter, {total} iters = {total * tokens_per_iter:,} tokens "
@@ -301,9 +331,14 @@ def train(cfg):
     it, best_val = 0, float('inf')
     if resume is not None:
         it, best_val = resume['iter'], resume['best_val']
+        if it > total:
+            raise SystemExit(f"error: {ckpt_path} is at iter {it}, past this run's length ({total} "
+                             f"iters); give the length it was trained with")
         optimizer.load_state_dict(resume['optimizer'])
         train_batches.load_state_dict(resume['loader'])
         torch.set_rng_state(resume['rng'])
+        if device_type == 'cuda' and 'cuda_rng' in resume:
+            torch.cuda.set_rng_state(resume['cuda_rng'])
     if master:
         os.makedirs(c.out_dir, exist_ok=True)
         # a resumed run rewrites the log from its checkpoint on, so the log holds one history
@@ -328,9 +363,10 @@ def train(cfg):
     def save(path):
         if master:
             ckpt = dict(kind='pc' if projected is not None else 'gpt', model_args=asdict(mcfg),
-                        model=trained.state_dict(), optimizer=optimizer.state_dict(), iter=it,
+                        model=saved_module.state_dict(), optimizer=optimizer.state_dict(), iter=it,
                         best_val=best_val, config=dict(cfg), loader=train_batches.state_dict(),
-                        rng=torch.get_rng_state(), keep=keep, **base_info)
+                        rng=torch.get_rng_state(), keep=keep, **base_info,
+                        **({'cuda_rng': torch.cuda.get_rng_state()} if device_type == 'cuda' else {}))
             gpt.save_atomic(ckpt, path)
 
     stop = c.stop_iter if c.stop_iter > it else -1   # a stop already reached is no stop
@@ -351,7 +387,7 @@ def train(cfg):
             save(ckpt_path)
             if it == early_iter:
                 save(os.path.join(c.out_dir, 'ckpt_early.pt'))
-        if it == total or it == stop:
+        if it >= total or it == stop:
             break
 
         t0 = time.time()   # time the training step only, not evaluation or checkpoints
@@ -369,6 +405,9 @@ def train(cfg):
             step_loss += loss.detach() / accum
         if projected is not None and not c.pc_naive:
             projected.backward_projections()   # dL/dW_c -> dL/dP, dL/dR, once per step
+        if ddp:   # every process must see a bad step, or the others would wait for it forever
+            dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+            step_loss /= world
         if not torch.isfinite(step_loss):
             if master and os.path.exists(ckpt_path):
                 msg = f"; the last good checkpoint {ckpt_path} is kept"
@@ -386,8 +425,6 @@ def train(cfg):
         train_time += time.time() - t0   # exact: the finiteness check above waited for the step
 
         if it % c.log_interval == 0 or it == total or it == stop:
-            if ddp:
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             dt = train_time / loss_steps
             record = dict(kind='train', iter=it, tokens=it * tokens_per_iter,
                           loss=loss_sum.item() / loss_steps, steps=loss_steps, lr=lr,
@@ -404,7 +441,8 @@ def train(cfg):
             dist.destroy_process_group()
         return dict(arm=c.arm, out_dir=c.out_dir, iters=it, stopped=True)
     summary = dict(arm=c.arm, out_dir=c.out_dir, iters=it, tokens=it * tokens_per_iter,
-                   val_loss=val, params=n_model, trainable_params=n_trainable)
+                   val_loss=val, params=n_model, trainable_params=n_trainable,
+                   model_args=asdict(mcfg), **base_info)
     if projected is not None and it == total:
         merged = projected.merge()
         merged_val = evaluate(merged, val_batches, dev, ctx)

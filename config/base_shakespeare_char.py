@@ -1,7 +1,7 @@
 # The embedded-default base: a character-level GPT on the complete works of Shakespeare, sized so
 # that 2 CPU cores train it to 40 tokens per parameter in about 6 minutes (the paper finds PC's
 # advantage over hard pruning on well-trained bases, so the base sees many tokens per parameter):
-# 356,064 parameters, 14.2M tokens, 3,477 steps of 32 x 128 characters, about 0.1 s each here.
+# 356,064 parameters, 14.2M tokens, 3,478 steps of 32 x 128 characters, about 0.1 s each here.
 #   python data/shakespeare_char/prepare.py
 #   python train.py config/base_shakespeare_char.py
 arm = 'base'

@@ -25,9 +25,11 @@ import torch
 def _run(data_dir, verb="run"):
     """How to (re)create data_dir, for error messages: "run `python data/<name>/prepare.py`"."""
     name = os.path.basename(os.path.normpath(data_dir))
-    if name == "c4":  # the only prepare with options: say where the shards come from
+    if name == "c4":  # the only prepare with options (and an --out): say where the shards come from
         return (f"{verb} `python data/c4/prepare.py --out={data_dir}` "
                 f"(add --src=DIR to read local C4 json.gz shards instead of downloading)")
+    if os.path.dirname(os.path.abspath(data_dir)) != os.path.dirname(os.path.abspath(__file__)):
+        return f"{verb} the data/*/prepare.py that writes {data_dir}"   # a folder elsewhere
     return f"{verb} `python data/{name}/prepare.py`"
 
 
@@ -47,6 +49,16 @@ def meta(data_dir):
         raise SystemExit(f"error: {data_dir} is only partly prepared (interrupted?): re-run "
                          f"`python data/c4/prepare.py --out={data_dir}` with the same options; it resumes")
     return m
+
+
+SCAN_TOKENS = 1 << 24
+
+
+def check_ids(tokens, vocab_size, path, rerun):
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise SystemExit(f"error: {path} contains token id {top} >= vocab_size {vocab_size}: "
+                         f"wrong tokenizer or corrupt file; delete it and {rerun}")
 
 
 def open_dataset(data_dir, split):
@@ -70,10 +82,10 @@ def open_dataset(data_dir, split):
         if nbytes == 0:
             continue  # nothing to sample from, and np.memmap can't map an empty file
         data = np.memmap(path, dtype=np.uint16, mode="r")
-        top = int(data.max())  # one pass per shard at open: catches a wrong tokenizer or a corrupt file
-        if top >= m["vocab_size"]:
-            raise SystemExit(f"error: {path} contains token id {top} >= vocab_size {m['vocab_size']}: "
-                             f"wrong tokenizer or corrupt file; delete it and {rerun}")
+        # a wrong tokenizer or a corrupt file: scan small shards whole at open (a C4 shard, ~170M
+        # tokens, would cost seconds in every process; Batches checks every batch it draws instead)
+        if len(data) <= SCAN_TOKENS:
+            check_ids(data, m["vocab_size"], path, rerun)
         shards.append(data)
     return shards
 
@@ -85,6 +97,7 @@ class Batches:
         if not 0 <= rank < world_size:
             raise SystemExit(f"error: rank {rank} is not in [0, world_size={world_size})")
         self.shards = open_dataset(data_dir, split)
+        self.data_dir, self.vocab_size = data_dir, meta(data_dir)["vocab_size"]
         self.block_size, self.batch_size = block_size, batch_size
         shortest = min((len(s) for s in self.shards), default=0)
         if block_size + 1 > shortest:
@@ -110,6 +123,8 @@ class Batches:
         start = k - (self.ends - self.n_windows)[shard]        # and where in that shard
         xy = torch.stack([torch.from_numpy(self.shards[s][i:i + self.block_size + 1].astype(np.int64))
                           for s, i in zip(shard.tolist(), start.tolist())])
+        if int(xy.max()) >= self.vocab_size:   # big shards are not scanned at open
+            check_ids(xy.numpy(), self.vocab_size, f"a shard of {self.data_dir}", _run(self.data_dir, "re-run"))
         return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 
     def state_dict(self):
