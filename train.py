@@ -180,6 +180,13 @@ def ranks_agree(params, world):
     return all(torch.equal(every[0], f) for f in every[1:])
 
 
+def leave_group():
+    """Leave together: a process that tears down its gloo threads while another still talks to it
+    (rank 0 merging and saving, say) can abort at exit."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def train(cfg):
     """Run one training job; returns a summary dict (also printed)."""
     c = SimpleNamespace(**cfg)   # attribute access: c.batch_size
@@ -438,7 +445,8 @@ def train(cfg):
     if it == stop and it < total:
         say(f"stopped at iter {it} of {total}; continue with --init_from=resume")
         if ddp:
-            dist.destroy_process_group()
+            del runner
+            leave_group()
         return dict(arm=c.arm, out_dir=c.out_dir, iters=it, stopped=True)
     summary = dict(arm=c.arm, out_dir=c.out_dir, iters=it, tokens=it * tokens_per_iter,
                    val_loss=val, params=n_model, trainable_params=n_trainable,
@@ -459,7 +467,8 @@ def train(cfg):
             json.dump(summary, f, indent=1)
         os.replace(tmp, os.path.join(c.out_dir, 'summary.json'))
     if ddp:
-        dist.destroy_process_group()
+        del runner   # DDP's reducer uses the process group: release it before the group goes
+        leave_group()
     return summary
 
 
