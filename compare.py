@@ -140,7 +140,7 @@ def plot(results, base, opts):
     colors = {'hpr': 'tab:orange', 'pc': 'tab:blue'}
     for col, lvl in enumerate(lvls):
         ax, dax = axes[0, col], axes[1, col]
-        curve, shown = {}, []
+        curve, shown, starts = {}, [], {}
         for r in results:
             if r['level'] != lvl:
                 continue
@@ -152,7 +152,7 @@ def plot(results, base, opts):
                 ax.plot([e['tokens'] / 1e6 for e in ev], [e['val_loss'] for e in ev], style,
                         color=colors[r['arm']], label=label)
                 shown += [e['val_loss'] for e in ev[1:]]
-                start = ev[0]['val_loss']
+                starts[r['base']] = ev[0]['val_loss']
             else:                       # shorter budgets: their final point
                 ax.plot(r['tokens'] / 1e6, r['val_loss'], 'o' if r['base'] == 'final' else 's',
                         color=colors[r['arm']], mfc='none', label=f"{label}, end of a {r['iters']}-iter run")
@@ -160,8 +160,9 @@ def plot(results, base, opts):
         ax.axhline(base['val_loss'], color='gray', lw=0.8, ls='--', label='uncompressed base')
         # the step-0 loss of the pruned model is far above the rest: keep the interesting range
         ax.set_ylim(min(shown + [base['val_loss']]) - 0.02, max(shown) + 0.02)
+        at0 = ', '.join(f"{v:.3f} ({b} base)" for b, v in sorted(starts.items(), key=lambda kv: kv[0] != 'final'))
         ax.set_title(f"{lvl:.0%} of the base's parameters removed\n"
-                     f"(both arms start at {start:.3f} at step 0, above the chart)", fontsize=10)
+                     f"step 0, both arms: {at0}, above the chart", fontsize=10)
         ax.set_ylabel('validation loss (nats/token)')
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
