@@ -240,9 +240,10 @@ def train(cfg):
                          f"resume it with --arm={resume['config']['arm']}")
     projected, keep, base_info = None, None, {}
     if resume is not None:   # the settings that shape the model must be the checkpoint's
-        shape_keys = ('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
-                      'tie_embeddings', 'compression', 'compressed_n_embd', 'compressed_d_ff',
-                      'width_multiple', 'importance', 'residual', 'base_dtype')
+        shape_keys = (('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
+                       'tie_embeddings') if c.arm == 'base' else
+                      ('dataset', 'block_size', 'compression', 'compressed_n_embd', 'compressed_d_ff',
+                       'width_multiple', 'importance', 'residual', 'base_dtype'))
         changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
                    if resume['config'].get(k) != cfg[k]]
         if changed:
