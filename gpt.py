@@ -190,9 +190,9 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
 
-    def estimate_mfu(self, tokens_per_sec, peak_flops):
+    def estimate_mfu(self, tokens_per_sec, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
-        return flops_per_token(self.config) * tokens_per_sec / peak_flops
+        return flops_per_token(self.config, seq_len) * tokens_per_sec / peak_flops
 
 
 def adamw(named_params, lr, weight_decay, betas, device_type, decays=lambda name, p: p.dim() >= 2):

@@ -438,7 +438,7 @@ def train(cfg):
                           loss=loss_sum.item() / loss_steps, steps=loss_steps, lr=lr,
                           ms_per_iter=1000 * dt, tok_per_s=tokens_per_iter / dt)
             if peak:
-                record['mfu'] = gpt.flops_per_token(mcfg, c.block_size) * tokens_per_iter / dt / peak
+                record['mfu'] = model.estimate_mfu(tokens_per_iter / dt, peak, seq_len=c.block_size)
             log(record)
             loss_sum.zero_()
             loss_steps, train_time = 0, 0.0
