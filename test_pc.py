@@ -1160,6 +1160,26 @@ def test_pc_and_hpr_start_from_the_same_model(arm_runs):
     assert load_ckpt(arm_runs['pc'])['model_args'] == load_ckpt(arm_runs['hpr'])['model_args']
 
 
+def test_pc_projections_run_once_per_step(dataset, base_run, tmp_path, monkeypatch):
+    """The cost-free step in train.py: W_c is built once per optimizer step (plus once at
+    construction and once for the final evaluation), whatever the number of micro-batches, and
+    the naive forward is never called."""
+    calls = {'materialize': 0, 'naive': 0}
+    real_materialize, real_forward = pc.ProjectedGPT.materialize, pc.ProjectedGPT.forward
+    def materialize(self):
+        calls['materialize'] += 1
+        return real_materialize(self)
+    def forward(self, *a, **k):
+        calls['naive'] += 1
+        return real_forward(self, *a, **k)
+    monkeypatch.setattr(pc.ProjectedGPT, 'materialize', materialize)
+    monkeypatch.setattr(pc.ProjectedGPT, 'forward', forward)
+    iters = 3
+    run(dataset, tmp_path / 'once', arm='pc', base_ckpt=base_run['ckpt'], compression=0.5,
+        max_iters=iters, eval_interval=iters, grad_accum=4)
+    assert calls == {'materialize': 1 + iters + 1, 'naive': 0}
+
+
 def test_pc_merged_model(dataset, arm_runs, base_run):
     out = arm_runs['pc']
     merged = gpt.load_gpt(os.path.join(out, 'merged.pt'))
