@@ -528,22 +528,13 @@ def projected_shapes(base_cfg, small_cfg):
 
 
 def projection_flops(base_cfg, small_cfg):
-    """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, in
-    the order pc.Projection computes: M = W @ P_in first, then P_out @ M, then + R.
-    Backward (W frozen): W @ P_in needs only dP_in = W^T G, one matmul of the forward's size;
-    P_out @ M needs dP_out = G M^T and, when P_in exists, dM = P_out^T G: two. So the backward is
-    between 1x and 2x the forward, not the usual 2x; counted exactly here. Adding R is counted in the
-    forward (out_c x in_c), its gradient is G itself (free)."""
+    """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, each
+    matrix in the order pc.Projection picks (pc.projection_flops counts one matrix)."""
     fwd = bwd = 0
     for out_dim, in_dim, out_c, in_c, out_role, in_role in projected_shapes(base_cfg, small_cfg):
-        cur_in = in_dim
-        if in_role:                                  # W (out x in) @ P_in (in x in_c)
-            f = 2 * out_dim * in_dim * in_c
-            fwd, bwd, cur_in = fwd + f, bwd + f, in_c
-        if out_role:                                 # P_out (out_c x out) @ M (out x cur_in)
-            f = 2 * out_c * out_dim * cur_in
-            fwd, bwd = fwd + f, bwd + f * (2 if in_role else 1)
-        fwd += out_c * in_c                          # + R
+        shapes = (out_dim, in_dim, out_c, in_c, in_role is not None, out_role is not None)
+        f, b = pc.projection_flops(*shapes, out_first=pc.out_first_is_cheaper(*shapes))
+        fwd, bwd = fwd + f, bwd + b
     return fwd, bwd
 
 
@@ -556,8 +547,9 @@ def static_memory(base_cfg, small_cfg):
         frozen += out_dim * in_dim
         p_elems += (in_dim * in_c if in_role else 0) + (out_c * out_dim if out_role else 0)
         r_elems += out_c * in_c
-        if in_role and out_role:
-            inter += out_dim * in_c      # M = W @ P_in, saved for the backward of P_out @ M
+        if in_role and out_role:         # the intermediate saved for the backward of the second matmul
+            out_first = pc.out_first_is_cheaper(out_dim, in_dim, out_c, in_c, True, True)
+            inter += out_c * in_dim if out_first else out_dim * in_c   # P_out W, or W P_in
     n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']
     vectors_c = n_small - r_elems        # every W_c has R's shape
     pc_bytes = dict(frozen_base=4 * frozen, projections=8 * p_elems, residuals=8 * r_elems,

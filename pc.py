@@ -54,8 +54,13 @@ AXES = {
 }
 
 
+def pattern(name):
+    """The table key of a GPT tensor name: its block index written as '*'."""
+    return re.sub(r'\.h\.\d+\.', '.h.*.', name)
+
+
 def axes_of(name):
-    return AXES[re.sub(r'\.h\.\d+\.', '.h.*.', name)]
+    return AXES[pattern(name)]
 
 
 def layer_of(name):
@@ -82,33 +87,54 @@ def prune_tensor(name, w, keep):
 # ----------------------------------------------------------------------------------------------
 # Importance: one score per residual dimension (shared by all layers), one per MLP unit per layer.
 
+# c_attn holds the query, key and value matrices stacked along its output axis; magnitude importance
+# takes their column norms as three matrices, as a model with separate q, k, v projections would.
+STACKED = {'transformer.h.*.attn.c_attn.weight': 3}
+# Where activation importance reads |output|: the residual stream as the attention and the MLP read it
+# (after ln_1 and ln_2), and every MLP unit before its nonlinearity (c_fc's output), as Minitron does.
+ACTIVATION_POINTS = {'activation': {'ln_1': 'D', 'ln_2': 'D', 'mlp.c_fc': 'F'},
+                     'activation_gelu': {'ln_1': 'D', 'ln_2': 'D', 'ln_f': 'D', 'mlp.gelu': 'F'}}
+METHODS = ('magnitude', 'magnitude_scaled', 'activation', 'activation_gelu', 'random')
+
+
 @torch.no_grad()
 def importance(model, method, batches=None, seed=0):
     """Scores {'D': (D,), 'F': (n_layer, F)}; higher means more important.
-    magnitude:  norms of the matrix rows/columns that read or write each dimension, each matrix's
-                norms scaled to mean 1 first so that no single matrix (the big embeddings) decides;
-    activation: mean |activation| on calibration batches, after every LayerNorm for the residual
-                dimensions and after the GELU for MLP units (Minitron-style);
-    random:     a seeded random score, i.e. a random permutation."""
+    magnitude:        for every matrix that reads or writes a dimension, the L2 norm of the weights
+                      it has along that dimension (a column for readers, a row for writers); D: the
+                      mean over matrices (q, k and v counted one by one), F: the sum of the MLP's two
+                      (the authors' definition, with GPT-2's position embedding as one more reader);
+    magnitude_scaled: the same norms, each matrix's scaled to mean 1 first, q, k, v fused, so that no
+                      single matrix (the big embeddings) decides;
+    activation:       sum of |activation| on calibration batches after ln_1 and ln_2 (residual
+                      dimensions) and at c_fc's output before the GELU (MLP units), as Minitron;
+    activation_gelu:  the same, after every LayerNorm (ln_f too) and after the GELU;
+    random:           a seeded random score, i.e. a random permutation."""
     cfg = model.config
     D = torch.zeros(cfg.n_embd)
     Fs = torch.zeros(cfg.n_layer, cfg.d_ff)
     def add(role, layer, s):
         (D if role == 'D' else Fs[layer]).add_(s.float().cpu())
-    if method == 'magnitude':
+    if method in ('magnitude', 'magnitude_scaled'):
+        scaled, n_readers_writers = method == 'magnitude_scaled', 0
         for name, w in model.named_parameters():
+            parts = 1 if scaled else STACKED.get(pattern(name), 1)
             for axis, role in enumerate(axes_of(name)):
                 if w.dim() == 2 and role is not None:
-                    norms = w.float().norm(dim=1 - axis)
-                    add(role, layer_of(name), norms / norms.mean())
-    elif method == 'activation':
+                    for part in w.float().chunk(parts, dim=1 - axis):
+                        norms = part.norm(dim=1 - axis)
+                        add(role, layer_of(name), norms / norms.mean() if scaled else norms)
+                        n_readers_writers += role == 'D'
+        if not scaled:
+            D /= n_readers_writers   # the mean over matrices: the same order as the sum
+    elif method in ACTIVATION_POINTS:
         if not batches:
-            raise SystemExit("error: importance=activation needs calibration batches")
-        hooks = []
+            raise SystemExit(f"error: importance={method} needs calibration batches")
+        points, hooks = ACTIVATION_POINTS[method], []
         for name, mod in model.named_modules():
-            role = 'D' if isinstance(mod, nn.LayerNorm) else 'F' if isinstance(mod, nn.GELU) else None
+            role = next((r for suffix, r in points.items() if name.endswith(suffix)), None)
             if role:
-                hook = lambda m, i, out, r=role, l=layer_of(name + '.'): add(r, l, out.abs().mean((0, 1)))
+                hook = lambda m, i, out, r=role, l=layer_of(name + '.'): add(r, l, out.abs().sum((0, 1)))
                 hooks.append(mod.register_forward_hook(hook))
         was_training = model.training
         model.eval()
@@ -123,7 +149,7 @@ def importance(model, method, batches=None, seed=0):
         g = torch.Generator().manual_seed(seed)
         D, Fs = torch.rand(cfg.n_embd, generator=g), torch.rand(cfg.n_layer, cfg.d_ff, generator=g)
     else:
-        raise SystemExit(f"error: unknown importance '{method}'; use magnitude, activation or random")
+        raise SystemExit(f"error: unknown importance '{method}'; use one of {', '.join(METHODS)}")
     return {'D': D, 'F': Fs}
 
 
@@ -190,8 +216,33 @@ def selection(idx, n):
     return torch.eye(n)[idx.cpu()]
 
 
+def projection_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=False):
+    """(forward, backward) FLOPs of building one W_c = P_out W P_in + R and of pushing dL/dW_c into
+    its projections. W is frozen, so the backward computes only dP (and dM, the gradient of the
+    intermediate, when both sides are projected); R's gradient is dL/dW_c itself."""
+    mm = lambda m, k, n: 2 * m * k * n
+    if has_in and has_out:
+        if out_first:   # N = P_out W (out_c x in), then N P_in: dP_in = N^T G, dN = G P_in^T, dP_out = dN W^T
+            return mm(out_c, out_dim, in_dim) + mm(out_c, in_dim, in_c) + out_c * in_c, \
+                mm(out_c, out_dim, in_dim) + 2 * mm(out_c, in_dim, in_c)
+        # M = W P_in (out x in_c), then P_out M: dP_out = G M^T, dM = P_out^T G, dP_in = W^T dM
+        return mm(out_dim, in_dim, in_c) + mm(out_c, out_dim, in_c) + out_c * in_c, \
+            mm(out_dim, in_dim, in_c) + 2 * mm(out_c, out_dim, in_c)
+    if has_in:
+        return mm(out_dim, in_dim, in_c) + out_dim * in_c, mm(out_dim, in_dim, in_c)
+    return mm(out_c, out_dim, in_dim) + out_c * in_dim, mm(out_c, out_dim, in_dim)
+
+
+def out_first_is_cheaper(*shapes):
+    """Whether (P_out W) P_in costs fewer FLOPs (forward + backward) than P_out (W P_in)."""
+    return sum(projection_flops(*shapes, out_first=True)) < sum(projection_flops(*shapes, out_first=False))
+
+
 class Projection(nn.Module):
-    """W_c = P_out @ W @ P_in + R for one frozen base matrix W (out x in)."""
+    """W_c = P_out @ W @ P_in + R for one frozen base matrix W (out x in). With both projections it
+    multiplies in whichever order costs fewer FLOPs for its shapes: P_out (W P_in), or (P_out W) P_in
+    (cheaper for the MLP-out matrices). The matmuls run in `dtype` (the frozen base is stored in it);
+    P and R stay float32 masters, and W_c is float32."""
 
     def __init__(self, weight, in_keep, out_keep, residual, dtype=None):
         super().__init__()
@@ -202,43 +253,49 @@ class Projection(nn.Module):
                              persistent=False)
         self.p_in = None if in_keep is None else nn.Parameter(selection(in_keep, in_dim).T.to(dev))
         self.p_out = None if out_keep is None else nn.Parameter(selection(out_keep, out_dim).to(dev))
-        shape = (out_dim if out_keep is None else len(out_keep), in_dim if in_keep is None else len(in_keep))
-        self.r = nn.Parameter(torch.zeros(shape, device=dev)) if residual else None
+        out_c, in_c = (out_dim if out_keep is None else len(out_keep), in_dim if in_keep is None else len(in_keep))
+        self.r = nn.Parameter(torch.zeros(out_c, in_c, device=dev)) if residual else None
+        self.out_first = out_first_is_cheaper(out_dim, in_dim, out_c, in_c, in_keep is not None,
+                                              out_keep is not None)
 
     def forward(self):
         w = self.weight
-        if self.p_in is not None:
-            w = w @ self.p_in.to(w.dtype)
-        if self.p_out is not None:
-            w = self.p_out.to(w.dtype) @ w
+        p_in = None if self.p_in is None else self.p_in.to(w.dtype)
+        p_out = None if self.p_out is None else self.p_out.to(w.dtype)
+        if p_out is not None and (p_in is None or self.out_first):
+            w = p_out @ w
+            p_out = None
+        if p_in is not None:
+            w = w @ p_in
+        if p_out is not None:
+            w = p_out @ w
         w = w.float()
         return w + self.r if self.r is not None else w
-
-
-def decays(name, p):
-    """Weight decay rule for PC's optimizer (see gpt.adamw): the residuals R are weights and decay
-    like HPR's matrices; the projections P do not (decaying them would shrink the whole frozen base's
-    contribution), nor do vectors."""
-    return name.endswith('.r')
 
 
 class ProjectedGPT(nn.Module):
     """The frozen base as projection modules, plus the compressed GPT they feed (`self.gpt`).
     Vectors (LayerNorm gains and biases, linear biases) are sliced once and trained directly inside
-    `self.gpt`; its matrices are loaded from the projections once per optimizer step."""
+    `self.gpt`; its matrices are loaded from the projections once per optimizer step.
 
-    def __init__(self, base, keep, residual=True, base_dtype=None):
+    `owned` (names of GPT matrices; None: all) is the share of the projections this process keeps:
+    under torchrun each process builds, trains and steps only its own (train.py shares out the
+    matrices and sends each new W_c to the others). A matrix it does not own keeps no base slice, P or
+    R here; its value in `self.gpt` is whatever it was last given (the hard-pruned slice at step 0,
+    which is its W_c)."""
+
+    def __init__(self, base, keep, residual=True, proj_dtype=None, owned=None):
         super().__init__()
         self.keep = {k: v.clone() for k, v in keep.items()}
-        self.gpt = hard_prune(base, keep)   # vectors now hold their kept entries
+        self.gpt = hard_prune(base, keep)   # vectors now hold their kept entries, matrices W_c at step 0
         self.proj = nn.ModuleDict()
-        self.names = []                     # the projected matrices, by GPT parameter name
+        self.names = []                     # the projected matrices this process owns, by GPT name
         for name, w in base.named_parameters():
-            if w.dim() == 2:
+            if w.dim() == 2 and (owned is None or name in owned):
                 roles, layer = axes_of(name), layer_of(name)
                 self.proj[name.replace('.', '_')] = Projection(
                     w, in_keep=kept(keep, roles[1], layer), out_keep=kept(keep, roles[0], layer),
-                    residual=residual, dtype=base_dtype)
+                    residual=residual, dtype=proj_dtype)
                 self.names.append(name)
         self.materialize()                  # matrices of self.gpt = W_c at step 0
         self._wc = None
@@ -252,7 +309,8 @@ class ProjectedGPT(nn.Module):
 
     def named_trainable(self):
         """What the optimizer updates: projections, residuals and the compressed GPT's vectors."""
-        vectors = [(f'gpt.{n}', p) for n, p in self.gpt.named_parameters() if n not in self.names]
+        matrices = {n for n, p in self.gpt.named_parameters() if p.dim() == 2}
+        vectors = [(f'gpt.{n}', p) for n, p in self.gpt.named_parameters() if n not in matrices]
         return [(n, p) for n, p in self.proj.named_parameters()] + vectors
 
     def materialize(self):
@@ -268,8 +326,9 @@ class ProjectedGPT(nn.Module):
         saved graph into P and R, in one autograd call, then free them."""
         pairs = [(wc, p.grad) for wc, p in zip(self._wc, self.matrices()) if p.grad is not None]
         torch.autograd.backward([wc for wc, _ in pairs], [g for _, g in pairs])
-        for p in self.matrices():
-            p.grad = None
+        for p in self.gpt.parameters():
+            if p.dim() == 2:
+                p.grad = None
         self._wc = None
 
     def forward(self, idx, targets=None):
@@ -280,7 +339,8 @@ class ProjectedGPT(nn.Module):
 
     @torch.no_grad()
     def merge(self):
-        """The final plain GPT, with every W_c computed once. Save and load it like any GPT."""
+        """The final plain GPT, with every W_c computed once. Save and load it like any GPT. (A
+        process that owns only some projections takes the others' W_c from its GPT as last given.)"""
         merged = GPT(self.gpt.config).to(next(self.gpt.parameters()).device)
         merged.load_state_dict(self.gpt.state_dict())
         params = dict(merged.named_parameters())

@@ -786,38 +786,63 @@ def make_dataset(d, shards, vocab_size=20000, split="train"):
 
 
 def test_loader_windows(tmp_path):
+    """One epoch reads every window once: non-overlapping windows of block_size+1 tokens from the
+    epoch's offset, neighbours sharing one token, from every shard, none twice; then the next epoch
+    starts with a new order (and offset)."""
     # token value = position, so a window's contents say exactly where it came from
     d = make_dataset(tmp_path / "ds", [np.arange(3000), np.arange(10000, 11000)])
-    b = Batches(d, "train", block_size=16, batch_size=2000, seed=0)
-    x, y = b.next()
-    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (2000, 16)
-    assert torch.equal(y, x + 1)  # y is x shifted by one, within one shard
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    from_a = (x[:, 0] < 10000).float().mean().item()
-    assert abs(from_a - (3000 - 16) / (3000 - 16 + 1000 - 16)) < 0.05  # shards in proportion to length
-    assert int(x[:, 0].min()) <= 20 and int(y[:, -1].max()) >= 10990  # both ends are reachable
+    T, B = 16, 8
+    b = Batches(d, "train", block_size=T, batch_size=B, seed=0)
+    per_epoch = len(b.order)                                   # windows in this epoch
+    off = b.offset
+    assert 0 <= off < T and per_epoch == (3000 - 1 - off) // T + (1000 - 1 - off) // T
+    starts = []
+    for _ in range(per_epoch // B):
+        x, y = b.next()
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (B, T)
+        assert torch.equal(y, x + 1)                          # y is x shifted by one, within one shard
+        starts += x[:, 0].tolist()
+        if len(starts) == B:
+            assert b.epoch == 0 and b.epochs == pytest.approx(1 / (per_epoch // B))
+    assert len(set(starts)) == len(starts)                     # no window twice in an epoch
+    for s in starts:                                           # on the epoch's grid, in a shard
+        pos = s if s < 10000 else s - 10000
+        assert (pos - off) % T == 0 and pos + T < (3000 if s < 10000 else 1000)
+    grid = {off + k * T for k in range((3000 - 1 - off) // T)} | \
+        {10000 + off + k * T for k in range((1000 - 1 - off) // T)}
+    assert set(starts) <= grid and len(grid) - len(starts) < B  # all but the epoch's short tail
+    assert b.epoch == 1 and b.drawn == 0 and b.epochs == 1.0   # the partial tail is skipped
+    first_next = b.next()[0][:, 0]
+    assert not torch.equal(first_next, torch.tensor(starts[:B]))
 
 
-def test_loader_determinism(tmp_path):
-    d = make_dataset(tmp_path / "ds", [np.arange(5000) % 777])
+def test_loader_ranks_and_resume(tmp_path):
+    """Under DDP the ranks read disjoint windows whose union, call by call, is the 1-process stream
+    of the same global batch; the state (through a weights_only checkpoint) resumes the stream at the
+    exact window, mid-epoch and across an epoch's end; another seed is another stream."""
+    d = make_dataset(tmp_path / "ds", [np.arange(5000) % 777, np.arange(3000) % 555])
     batches = lambda b, n: [b.next() for _ in range(n)]  # noqa: E731
     same = lambda p, q: all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(p, q))  # noqa: E731
-    a = batches(Batches(d, "train", 8, 4, seed=1), 3)
-    assert same(a, batches(Batches(d, "train", 8, 4, seed=1), 3))
-    assert not same(a, batches(Batches(d, "train", 8, 4, seed=2), 3))
-    r1 = batches(Batches(d, "train", 8, 4, seed=1, rank=1, world_size=2), 3)
-    assert not same(a, r1)
-    # resume: the state goes through a weights_only checkpoint and the stream continues exactly
-    b = Batches(d, "train", 8, 4, seed=1)
-    batches(b, 5)
-    buf = io.BytesIO()
-    torch.save({"loader": b.state_dict()}, buf)
-    rest = batches(b, 3)
-    c = Batches(d, "train", 8, 4, seed=1)
-    c.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["loader"])
-    assert same(rest, batches(c, 3))
-    v = fixed_batches(d, "train", 8, 4, n_batches=3)
-    assert len(v) == 3 and same(v, fixed_batches(d, "train", 8, 4, n_batches=3))
+    T, B = 8, 4
+    one = batches(Batches(d, "train", T, B, seed=1), 2 * 200)                # 2 micro-batches per step
+    ranks = [batches(Batches(d, "train", T, B, seed=1, rank=r, world_size=2), 200) for r in range(2)]
+    for k in range(200):                                                     # step k
+        assert same([one[2 * k], one[2 * k + 1]], [ranks[0][k], ranks[1][k]]), k
+    epoch_len = len(Batches(d, "train", T, B, seed=1).order)
+    assert 2 * 200 * B > epoch_len                                           # an epoch ended inside
+    assert same(one[:3], batches(Batches(d, "train", T, B, seed=1), 3))
+    assert not same(one[:3], batches(Batches(d, "train", T, B, seed=2), 3))
+    for stop in (5, epoch_len // B - 1, epoch_len // B + 3):                 # mid-epoch, at its end, past it
+        b = Batches(d, "train", T, B, seed=1)
+        batches(b, stop)
+        buf = io.BytesIO()
+        torch.save({"loader": b.state_dict()}, buf)
+        rest = batches(b, 4)
+        c = Batches(d, "train", T, B, seed=3)                               # any seed: the state decides
+        c.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True)["loader"])
+        assert same(rest, batches(c, 4)), stop
+    v = fixed_batches(d, "train", T, B, n_batches=3)
+    assert len(v) == 3 and same(v, fixed_batches(d, "train", T, B, n_batches=3))
 
 
 def test_loader_bad_inputs(tmp_path):
@@ -832,7 +857,9 @@ def test_loader_bad_inputs(tmp_path):
     assert "no 'val' shards" in error_of(open_dataset, d, "val")
     msg = error_of(Batches, d, "train", block_size=50, batch_size=2, seed=0)
     assert f"block_size 50 is larger than the data in {d}" in msg
-    Batches(d, "train", block_size=49, batch_size=2, seed=0)  # 50 tokens hold exactly one window of 49+1
+    Batches(d, "train", block_size=49, batch_size=1, seed=0)  # 50 tokens hold exactly one window of 49+1
+    msg = error_of(Batches, d, "train", block_size=49, batch_size=1, seed=0, rank=1, world_size=2)
+    assert "holds 1 windows of 50 tokens, fewer than one micro-batch per process (2 x 1)" in msg
 
     with open(d / "train1.bin", "ab") as f:
         f.write(b"\x00")  # a torn write: half a token
@@ -1302,7 +1329,7 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     for key in ('eval_interval', 'log_interval', 'batch_size', 'grad_accum', 'block_size'):
         error_of(go(**{**ok, key: 0}), match=rf"{key}=0 must be positive")
     error_of(go(**{**ok, 'max_iters': -3}), match=r"max_iters=-3 must not be negative")
-    error_of(go(**{**pc_ok, 'base_dtype': 'fp16'}), match=r"base_dtype='fp16' should be one of")
+    error_of(go(**{**pc_ok, 'proj_dtype': 'fp16'}), match=r"proj_dtype='fp16' should be auto or one of")
     error_of(go(**{**ok, 'early_ckpt_frac': 2.0}), match=r"early_ckpt_frac=2\.0 must be in \[0, 1\)")
     msg = error_of(go(**{**ok, 'tokens_per_param': 40.0}), match=r"exactly one of max_iters")
     assert 'max_iters=2, tokens_per_param=40.0' in msg and '--tokens_per_param=0' in msg
@@ -1568,7 +1595,7 @@ def test_bench_quick(tmp_path):
 
 
 def test_projection_flops_by_hand():
-    """One layer, both axes compressed, counted by hand in pc.Projection's order."""
+    """One layer, both axes compressed, counted by hand in the orders pc.Projection picks."""
     import gpt
     cfg = gpt.GPTConfig(n_layer=1, n_head=1, n_embd=4, d_ff=8, vocab_size=5, block_size=3, bias=False)
     small = gpt.GPTConfig(n_layer=1, n_head=1, n_embd=2, d_ff=6, vocab_size=5, block_size=3,
@@ -1580,9 +1607,12 @@ def test_projection_flops_by_hand():
            + mm(3 * A, D, d) + 3 * A * d                    # c_attn: W @ P_in
            + mm(d, D, A) + d * A                            # attn.c_proj: P_out @ W
            + mm(F, D, d) + mm(f, F, d) + f * d              # c_fc: W @ P_in, then P_out @ .
-           + mm(D, F, f) + mm(d, D, f) + d * f)             # mlp.c_proj
+           + mm(d, D, F) + mm(d, F, f) + d * f)             # mlp.c_proj: P_out @ W first (cheaper)
     bwd = (mm(V, D, d) + mm(T, D, d) + mm(3 * A, D, d) + mm(d, D, A)
-           + mm(F, D, d) + 2 * mm(f, F, d) + mm(D, F, f) + 2 * mm(d, D, f))
+           + mm(F, D, d) + 2 * mm(f, F, d) + mm(d, D, F) + 2 * mm(d, F, f))
+    # in the other order mlp.c_proj would cost more: the order is the cheaper one
+    other = mm(D, F, f) + mm(d, D, f) + mm(D, F, f) + 2 * mm(d, D, f)
+    assert mm(d, D, F) + mm(d, F, f) + mm(d, D, F) + 2 * mm(d, F, f) < other
     assert bench.projection_flops(cfg, small) == (fwd, bwd)
 
 

@@ -56,12 +56,14 @@ compression = 0.5           # fraction of the base's parameters to remove; 0 to 
 compressed_n_embd = 0       # explicit compressed widths (used when compression=0)
 compressed_d_ff = 0
 width_multiple = 1          # compressed n_embd is a multiple of this (64 suits GPUs)
-importance = 'magnitude'    # magnitude | activation | random
-importance_batches = 8      # calibration batches for importance=activation
+importance = 'magnitude'    # magnitude | magnitude_scaled | activation | activation_gelu | random (pc.py)
+importance_batches = 8      # calibration batches for importance=activation*
 residual = True             # PC: train the residual R in W_c = P_out W P_in + R
 pc_naive = False            # PC: recompute W_c in every micro-batch (slow; for checks and bench)
-base_dtype = 'float32'      # PC: dtype of the frozen base copy; 'bfloat16' halves it (then W P_in is
-                            # computed in bf16 and step 0 equals HPR only up to bf16 rounding)
+proj_dtype = 'auto'         # PC: dtype of the frozen base and of the projection matmuls (P, R and their
+                            # optimizer state stay float32). auto: float32 on CPU (exact: step 0 is HPR
+                            # bit for bit), bfloat16 on CUDA (half the base's memory, tensor-core speed;
+                            # W_c is then rounded as autocast rounds HPR's weights in its matmuls)
 # length: give exactly one
 max_iters = 0
 max_tokens = 0
@@ -71,7 +73,9 @@ stop_iter = 0               # stop at this iteration (with a checkpoint) without
 learning_rate = 1e-3
 min_lr = 1e-4
 warmup_iters = 100
-weight_decay = 0.1
+weight_decay = 0.1          # on matrices: the base's and HPR's, PC's residuals R
+decay_projections = False   # PC: also decay the projections P
+decay_vectors = False       # also decay vectors (biases, LayerNorm gains)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
@@ -85,7 +89,7 @@ device = 'auto'             # auto | cpu | cuda
 compile = False             # torch.compile the trained GPT (CUDA)
 peak_flops = 0.0            # hardware FLOP/s for MFU; 0: 989e12 on an H100, 312e12 on other CUDA, none on CPU
 seed = 1337
-BASE_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
+PROJ_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16}
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
 # ------------------------------------------------------------------------------------------------
@@ -147,17 +151,26 @@ def load_projected(path, map_location='cpu'):
                          f"missing or has changed")
     base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
     projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'],
-                                base_dtype=BASE_DTYPES[ckpt['config']['base_dtype']])
+                                proj_dtype=PROJ_DTYPES[ckpt['proj_dtype']])
     projected.load_state_dict(ckpt['model'])   # its GPT matrices were saved as the current W_c
     return projected
 
 
 def lr_at(it, c, total):
-    """Linear warmup, then cosine decay to min_lr at the last iteration."""
+    """The learning rate of step `it` (0 .. total-1): linear warmup to learning_rate, reached at
+    it = warmup_iters, then cosine decay to min_lr, reached at the last step, it = total - 1."""
     if it < c.warmup_iters:
         return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
-    progress = min(1.0, (it - c.warmup_iters) / max(1, total - c.warmup_iters))
+    progress = min(1.0, (it - c.warmup_iters) / max(1, total - 1 - c.warmup_iters))
     return c.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (c.learning_rate - c.min_lr)
+
+
+def decays(name, p, c):
+    """Which trained tensors AdamW decays (gpt.adamw's rule): every matrix (the base's and HPR's, PC's
+    residuals R), PC's projections P only with decay_projections, vectors only with decay_vectors."""
+    if p.dim() < 2:
+        return c.decay_vectors
+    return c.decay_projections or not name.endswith(('.p_in', '.p_out'))
 
 
 @torch.no_grad()
@@ -194,8 +207,8 @@ def train(cfg):
         raise SystemExit(f"error: unknown arm '{c.arm}'; use base, pc or hpr")
     if c.init_from not in ('scratch', 'resume'):
         raise SystemExit(f"error: init_from='{c.init_from}' should be scratch or resume")
-    if c.base_dtype not in BASE_DTYPES:
-        raise SystemExit(f"error: base_dtype='{c.base_dtype}' should be one of {sorted(BASE_DTYPES)}")
+    if c.proj_dtype not in ('auto', *PROJ_DTYPES):
+        raise SystemExit(f"error: proj_dtype='{c.proj_dtype}' should be auto or one of {sorted(PROJ_DTYPES)}")
     for key in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
         if cfg[key] <= 0:
             raise SystemExit(f"error: {key}={cfg[key]} must be positive")
@@ -225,6 +238,10 @@ def train(cfg):
     accum = c.grad_accum // world
     device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if device_type == 'cuda' else nullcontext()
+    if device_type == 'cuda':   # as nanoGPT: float32 matmuls (W_c with proj_dtype=float32) on tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    proj_dtype = c.proj_dtype if c.proj_dtype != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
     torch.manual_seed(c.seed)
     data_dir = (c.dataset if os.sep in c.dataset else
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset))
@@ -243,9 +260,11 @@ def train(cfg):
         shape_keys = (('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
                        'tie_embeddings') if c.arm == 'base' else
                       ('dataset', 'block_size', 'compression', 'compressed_n_embd', 'compressed_d_ff',
-                       'width_multiple', 'importance', 'residual', 'base_dtype'))
+                       'width_multiple', 'importance', 'residual'))
         changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
                    if resume['config'].get(k) != cfg[k]]
+        if c.arm == 'pc' and resume.get('proj_dtype') != proj_dtype:
+            changed.append(f"proj_dtype={proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
         if changed:
             raise SystemExit(f"error: {ckpt_path} was trained with other model settings: "
                              f"{', '.join(changed)}; resume with the checkpoint's settings")
@@ -287,7 +306,7 @@ def train(cfg):
             model = pc.hard_prune(base, keep)
         else:
             projected = pc.ProjectedGPT(base, keep, residual=c.residual,
-                                        base_dtype=BASE_DTYPES[c.base_dtype])
+                                        proj_dtype=PROJ_DTYPES[proj_dtype])
             model = projected.gpt
         del base
         mcfg = model.config
@@ -303,11 +322,10 @@ def train(cfg):
         saved_module.load_state_dict(resume['model'])
     if projected is not None:
         named = projected.named_trainable()
-        optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2),
-                              device_type, decays=pc.decays)
     else:
         named = list(model.named_parameters())
-        optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), device_type)
+    optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), device_type,
+                          decays=lambda n, p: decays(n, p, c))
     params = [p for _, p in named]
     n_trainable = sum(p.numel() for p in params)
     n_model = gpt.param_counts(mcfg)['total']
@@ -373,7 +391,7 @@ def train(cfg):
             ckpt = dict(kind='pc' if projected is not None else 'gpt', model_args=asdict(mcfg),
                         model=saved_module.state_dict(), optimizer=optimizer.state_dict(), iter=it,
                         best_val=best_val, config=dict(cfg), loader=train_batches.state_dict(),
-                        rng=torch.get_rng_state(), keep=keep, **base_info,
+                        rng=torch.get_rng_state(), keep=keep, proj_dtype=proj_dtype, **base_info,
                         **({'cuda_rng': torch.cuda.get_rng_state()} if device_type == 'cuda' else {}))
             gpt.save_atomic(ckpt, path)
 

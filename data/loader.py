@@ -7,13 +7,13 @@ A prepared dataset is a folder with meta.json and uint16 token shards:
                 "val": [...]},
      ...extra keys ("chars" for shakespeare_char)}
 
-Batches are random windows of block_size+1 tokens, drawn uniformly over all
-windows of all shards. Under DDP the processes share one seeded stream of global
-batches and each takes its own slice: the ranks see different windows, and the
-union of a step's micro-batches is the same whatever the number of processes, so
-a 2-process run trains on exactly the data of a 1-process run with the same global
-batch. The generator state goes in the checkpoint so a resumed run continues the
-exact same stream.
+Batches are windows of block_size+1 tokens read without replacement: an epoch
+visits every window of every shard once, in a seeded random order. Under DDP the
+processes read one stream of micro-batches and each takes its own: the ranks' windows
+are disjoint, and a step covers the same windows whatever the number of processes,
+so a 2-process run trains on exactly the data of a 1-process run with the same
+global batch. The position in the stream goes in the checkpoint so a resumed run
+continues exactly where it stopped.
 """
 import json
 import os
@@ -91,7 +91,13 @@ def open_dataset(data_dir, split):
 
 
 class Batches:
-    """Endless random (x, y) batches; y is x shifted by one token."""
+    """Endless (x, y) batches; y is x shifted by one token.
+
+    Each epoch cuts every shard into windows of block_size+1 tokens, from a random offset and one
+    after the other (neighbours share one token, so every token is a target once), and visits all
+    of them in a random order, batch_size at a time (a last, partial micro-batch is skipped); the
+    next epoch draws a new offset and order. The micro-batches of all epochs form one stream;
+    call k of process `rank` takes micro-batch k * world_size + rank of it."""
 
     def __init__(self, data_dir, split, block_size, batch_size, seed, rank=0, world_size=1):
         if not 0 <= rank < world_size:
@@ -99,39 +105,69 @@ class Batches:
         self.shards = open_dataset(data_dir, split)
         self.data_dir, self.vocab_size = data_dir, meta(data_dir)["vocab_size"]
         self.block_size, self.batch_size = block_size, batch_size
+        self.rank, self.world_size = rank, world_size
         shortest = min((len(s) for s in self.shards), default=0)
         if block_size + 1 > shortest:
             raise SystemExit(f"error: block_size {block_size} is larger than the data in {data_dir} "
                              f"({split}: the shortest shard has {shortest} tokens, a window needs "
                              f"block_size+1): use a smaller block_size")
-        # number of windows per shard: drawing uniformly over all of them picks a
-        # shard in proportion to its length
-        self.n_windows = torch.tensor([len(s) - block_size for s in self.shards], dtype=torch.int64)
-        self.ends = torch.cumsum(self.n_windows, 0)
-        # one stream for all processes (see the module docstring); rank picks the slice
-        self.rank, self.world_size = rank, world_size
+        fewest = sum((len(s) - block_size) // block_size for s in self.shards)   # at the worst offset
+        if fewest < world_size * batch_size:
+            raise SystemExit(f"error: {data_dir} ({split}) holds {fewest} windows of {block_size + 1} "
+                             f"tokens, fewer than one micro-batch per process ({world_size} x "
+                             f"{batch_size}): use a smaller batch_size or block_size")
         self.gen = torch.Generator().manual_seed(seed)
+        self.epoch, self.drawn = 0, 0   # drawn: micro-batches of the stream read from this epoch
+        self._start_epoch()
+
+    def _start_epoch(self):
+        """Draw this epoch's offset and window order; remember the generator state they came from."""
+        self.epoch_gen_state = self.gen.get_state()
+        T = self.block_size
+        self.offset = int(torch.randint(0, T, (1,), generator=self.gen))
+        self.n_windows = torch.tensor([(len(s) - 1 - self.offset) // T for s in self.shards])
+        self.ends = torch.cumsum(self.n_windows, 0)   # window w lies in the first shard whose end > w
+        n = int(self.ends[-1])
+        self.order = torch.randperm(n, generator=self.gen, dtype=torch.int32 if n < 2**31 else torch.int64)
+        self.per_epoch = n // self.batch_size         # micro-batches in this epoch
+
+    def _next_epoch(self):
+        self.drawn -= self.per_epoch
+        self.epoch += 1
+        self._start_epoch()
+
+    @property
+    def epochs(self):
+        """Epochs read so far, fractional: the log's measure of how much of the data was seen."""
+        return self.epoch + self.drawn / self.per_epoch
 
     def next(self):
         """(x, y): int64 CPU tensors of shape (batch_size, block_size)."""
-        # draw every process's batch, keep ours: the stream does not depend on the number of
-        # processes, only on how many micro-batches have been drawn in all
-        draws = [torch.randint(0, int(self.ends[-1]), (self.batch_size,), generator=self.gen)
-                 for _ in range(self.world_size)]
-        k = draws[self.rank]
-        shard = torch.searchsorted(self.ends, k, right=True)  # which shard window k falls in
-        start = k - (self.ends - self.n_windows)[shard]        # and where in that shard
-        xy = torch.stack([torch.from_numpy(self.shards[s][i:i + self.block_size + 1].astype(np.int64))
+        k = self.drawn + self.rank            # this process's micro-batch, counted in this epoch
+        self.drawn += self.world_size
+        if k >= self.per_epoch:               # it is in the next epoch (a lower rank's is not)
+            k -= self.per_epoch
+            self._next_epoch()
+        B, T = self.batch_size, self.block_size
+        w = self.order[k * B:(k + 1) * B].long()
+        shard = torch.searchsorted(self.ends, w, right=True)
+        start = self.offset + (w - (self.ends - self.n_windows)[shard]) * T
+        xy = torch.stack([torch.from_numpy(self.shards[s][i:i + T + 1].astype(np.int64))
                           for s, i in zip(shard.tolist(), start.tolist())])
         if int(xy.max()) >= self.vocab_size:   # big shards are not scanned at open
             check_ids(xy.numpy(), self.vocab_size, f"a shard of {self.data_dir}", _run(self.data_dir, "re-run"))
+        if self.drawn >= self.per_epoch:      # this call used up the epoch, for every process alike
+            self._next_epoch()
         return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
 
     def state_dict(self):
-        return {"generator": self.gen.get_state()}  # a uint8 tensor: fine for torch.load(weights_only=True)
+        # tensors and ints only: fine for torch.load(weights_only=True)
+        return {"epoch": self.epoch, "drawn": self.drawn, "epoch_generator": self.epoch_gen_state}
 
     def load_state_dict(self, state):
-        self.gen.set_state(state["generator"])
+        self.gen.set_state(state["epoch_generator"])
+        self._start_epoch()   # the same offset and order as when the epoch began
+        self.epoch, self.drawn = state["epoch"], state["drawn"]
 
 
 def fixed_batches(data_dir, split, block_size, batch_size, n_batches, seed=1234):
