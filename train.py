@@ -96,9 +96,11 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 
 
 def parse_args(argv):
-    """Defaults, then config files (paths), then --key=value overrides; unknown keys are errors."""
+    """Defaults, then config files (paths, in order), then --key=value overrides; unknown keys are
+    errors. A config file runs with every setting so far as its globals, the command line's
+    included, so it can choose by them (`if arm == 'pc': ...`); the command line still wins."""
     cfg = dict(DEFAULTS)
-    def put(key, value, where):
+    def checked(key, value, where):
         if key not in cfg:
             close = difflib.get_close_matches(key, cfg, n=1)
             raise SystemExit(f"error: unknown config key '{key}' in {where}"
@@ -108,7 +110,8 @@ def parse_args(argv):
             value = float(value)
         if type(value) is not want:
             raise SystemExit(f"error: {key}={value!r} in {where} should be a {want.__name__}")
-        cfg[key] = value
+        return value
+    overrides, files = {}, []
     for arg in argv:
         if arg.startswith('--'):
             key, eq, text = arg[2:].partition('=')
@@ -118,18 +121,23 @@ def parse_args(argv):
                 value = ast.literal_eval(text)
             except (ValueError, SyntaxError):
                 value = text  # a bare string
-            put(key, value, 'the command line')
+            overrides[key] = checked(key, value, 'the command line')
         else:
-            if not os.path.isfile(arg):
-                raise SystemExit(f"error: config file '{arg}' not found (see config/ for examples)")
-            ns = {}
-            try:
-                exec(open(arg).read(), ns)
-            except Exception as e:
-                raise SystemExit(f"error: config file '{arg}' fails to run: {type(e).__name__}: {e}")
-            for key, value in ns.items():
-                if not key.startswith('_') and isinstance(value, (bool, int, float, str)):
-                    put(key, value, arg)
+            files.append(arg)
+    for path in files:
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: config file '{path}' not found (see config/ for examples)")
+        before = {**cfg, **overrides}
+        ns = dict(before)
+        try:
+            exec(open(path).read(), ns)
+        except Exception as e:
+            raise SystemExit(f"error: config file '{path}' fails to run: {type(e).__name__}: {e}")
+        for key, value in ns.items():
+            assigned = key not in before or type(value) is not type(before[key]) or value != before[key]
+            if assigned and not key.startswith('_') and isinstance(value, (bool, int, float, str)):
+                cfg[key] = checked(key, value, path)
+    cfg.update(overrides)
     return cfg
 
 
@@ -245,7 +253,11 @@ def train(cfg):
     torch.manual_seed(c.seed)
     data_dir = (c.dataset if os.sep in c.dataset else
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset))
-    vocab = meta(data_dir)['vocab_size']
+    data_meta = meta(data_dir)
+    vocab = data_meta['vocab_size']
+    # how token ids map to text, kept in every checkpoint so sample.py needs no dataset folder:
+    # {'tokenizer': 'char', 'chars': '...'} or {'tokenizer': 'gpt2'} ({} for a dataset that says nothing)
+    tokenizer = {k: data_meta[k] for k in ('tokenizer', 'chars') if k in data_meta}
     ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
     log_path = os.path.join(c.out_dir, 'metrics.jsonl')
     say = print if master else (lambda *a, **k: None)
@@ -390,7 +402,7 @@ def train(cfg):
         if master:
             ckpt = dict(kind='pc' if projected is not None else 'gpt', model_args=asdict(mcfg),
                         model=saved_module.state_dict(), optimizer=optimizer.state_dict(), iter=it,
-                        best_val=best_val, config=dict(cfg), loader=train_batches.state_dict(),
+                        best_val=best_val, config=dict(cfg), tokenizer=tokenizer, loader=train_batches.state_dict(),
                         rng=torch.get_rng_state(), keep=keep, proj_dtype=proj_dtype, **base_info,
                         **({'cuda_rng': torch.cuda.get_rng_state()} if device_type == 'cuda' else {}))
             gpt.save_atomic(ckpt, path)
@@ -476,7 +488,7 @@ def train(cfg):
         log(dict(kind='merged', iter=it, tokens=it * tokens_per_iter, val_loss=val,
                  merged_val_loss=merged_val))
         if master:
-            gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(cfg)),
+            gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(cfg), tokenizer=tokenizer),
                             os.path.join(c.out_dir, 'merged.pt'))
         summary['merged_val_loss'] = merged_val
     if master:   # written last: its presence says the run finished (compare.py reuses it)
