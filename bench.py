@@ -514,25 +514,20 @@ def bench_memory(args, argv, log):
 # 3. FLOPs on paper.
 
 def projected_shapes(base_cfg, small_cfg):
-    """(out_dim, in_dim, out_c, in_c, out_role, in_role) of every matrix PC projects, from pc.AXES,
-    without allocating anything (meta device: works for the 800M base too)."""
+    """(name, out_dim, in_dim, out_c, in_c, has_in, has_out) of every matrix PC projects, from
+    pc.AXES, without allocating anything (meta device: works for the 800M base too)."""
     with torch.device('meta'):
         base = gpt.GPT(base_cfg)
-    width = {'D': small_cfg.n_embd, 'F': small_cfg.d_ff}
     for name, w in base.named_parameters():
         if w.dim() == 2:
-            out_role, in_role = pc.axes_of(name)
-            out_dim, in_dim = w.shape
-            yield (out_dim, in_dim, width[out_role] if out_role else out_dim,
-                   width[in_role] if in_role else in_dim, out_role, in_role)
+            yield (name, *pc.projection_shapes(name, *w.shape, small_cfg.n_embd, small_cfg.d_ff))
 
 
 def projection_flops(base_cfg, small_cfg):
     """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, each
     matrix in the order pc.Projection picks (pc.projection_flops counts one matrix)."""
     fwd = bwd = 0
-    for out_dim, in_dim, out_c, in_c, out_role, in_role in projected_shapes(base_cfg, small_cfg):
-        shapes = (out_dim, in_dim, out_c, in_c, in_role is not None, out_role is not None)
+    for name, *shapes in projected_shapes(base_cfg, small_cfg):
         f, b = pc.projection_flops(*shapes, out_first=pc.out_first_is_cheaper(*shapes))
         fwd, bwd = fwd + f, bwd + b
     return fwd, bwd
@@ -543,11 +538,11 @@ def static_memory(base_cfg, small_cfg):
     element), counted from shapes as pc.ProjectedGPT allocates them. The measured breakdown of the
     memory arms reproduces these numbers for the bench model (see test_bench.py)."""
     frozen = p_elems = r_elems = inter = 0
-    for out_dim, in_dim, out_c, in_c, out_role, in_role in projected_shapes(base_cfg, small_cfg):
+    for name, out_dim, in_dim, out_c, in_c, has_in, has_out in projected_shapes(base_cfg, small_cfg):
         frozen += out_dim * in_dim
-        p_elems += (in_dim * in_c if in_role else 0) + (out_c * out_dim if out_role else 0)
+        p_elems += (in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0)
         r_elems += out_c * in_c
-        if in_role and out_role:         # the intermediate saved for the backward of the second matmul
+        if has_in and has_out:           # the intermediate saved for the backward of the second matmul
             out_first = pc.out_first_is_cheaper(out_dim, in_dim, out_c, in_c, True, True)
             inter += out_c * in_dim if out_first else out_dim * in_c   # P_out W, or W P_in
     n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']

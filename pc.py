@@ -238,6 +238,21 @@ def out_first_is_cheaper(*shapes):
     return sum(projection_flops(*shapes, out_first=True)) < sum(projection_flops(*shapes, out_first=False))
 
 
+def projection_shapes(name, out_dim, in_dim, n_embd, d_ff):
+    """(out, in, out_c, in_c, has_in, has_out) of the projection of the base matrix `name` (out x in)
+    when the residual width shrinks to n_embd and the MLP width to d_ff, read from the table."""
+    out_role, in_role = axes_of(name)
+    width = {'D': n_embd, 'F': d_ff, None: None}
+    return (out_dim, in_dim, width[out_role] or out_dim, width[in_role] or in_dim,
+            in_role is not None, out_role is not None)
+
+
+def projection_cost(name, out_dim, in_dim, n_embd, d_ff):
+    """(forward, backward) FLOPs of one matrix's projection, in the order Projection picks."""
+    shapes = projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
+    return projection_flops(*shapes, out_first=out_first_is_cheaper(*shapes))
+
+
 class Projection(nn.Module):
     """W_c = P_out @ W @ P_in + R for one frozen base matrix W (out x in). With both projections it
     multiplies in whichever order costs fewer FLOPs for its shapes: P_out (W P_in), or (P_out W) P_in
@@ -248,9 +263,9 @@ class Projection(nn.Module):
         super().__init__()
         out_dim, in_dim = weight.shape
         dev = weight.device
-        # the frozen base is a buffer: never trained, and not saved (checkpoints point at the base)
-        self.register_buffer('weight', weight.detach().to(dtype or weight.dtype).clone(),
-                             persistent=False)
+        # the frozen base is a buffer: never trained, and not saved (checkpoints point at the base);
+        # in the base's own dtype it is the base's tensor itself (a teacher can share it), not a copy
+        self.register_buffer('weight', weight.detach().to(dtype or weight.dtype), persistent=False)
         self.p_in = None if in_keep is None else nn.Parameter(selection(in_keep, in_dim).T.to(dev))
         self.p_out = None if out_keep is None else nn.Parameter(selection(out_keep, out_dim).to(dev))
         out_c, in_c = (out_dim if out_keep is None else len(out_keep), in_dim if in_keep is None else len(in_keep))
@@ -311,7 +326,7 @@ class ProjectedGPT(nn.Module):
         """What the optimizer updates: projections, residuals and the compressed GPT's vectors."""
         matrices = {n for n, p in self.gpt.named_parameters() if p.dim() == 2}
         vectors = [(f'gpt.{n}', p) for n, p in self.gpt.named_parameters() if n not in matrices]
-        return [(n, p) for n, p in self.proj.named_parameters()] + vectors
+        return [(f'proj.{n}', p) for n, p in self.proj.named_parameters()] + vectors
 
     def materialize(self):
         """Compute every W_c once, keep its small autograd graph, and load the values into the GPT."""

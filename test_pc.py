@@ -384,15 +384,16 @@ def test_cost_free_gradients_equal_naive(tied):
 
 
 def test_frozen_base_and_trained_projections():
-    """Training never touches the frozen base (each Projection.weight buffer and the original base
-    model stay bitwise equal); R starts at exactly zero and moves; every P leaves its 0/1 init."""
+    """Training never touches the frozen base (each Projection.weight buffer is the base's own
+    tensor, which stays bitwise equal); R starts at exactly zero and moves; every P leaves its 0/1
+    init."""
     base, keep, pc = make_pc(tied=False)
     base_before = copy.deepcopy(base.state_dict())
     bufs = {n: proj.weight.clone() for n, proj in pc.projections()}
     P0 = {n: p.detach().clone() for n, p in pc.proj.named_parameters()}
     params = dict(base.named_parameters())
     for n, proj in pc.projections():
-        assert torch.equal(proj.weight, params[n]) and proj.weight.data_ptr() != params[n].data_ptr()
+        assert proj.weight.data_ptr() == params[n].data_ptr()   # the base's own tensor, no copy
         assert not proj.weight.requires_grad
         assert torch.equal(proj.r, torch.zeros_like(proj.r))
         for P, axis in ((proj.p_in, 0), (proj.p_out, 1)):   # 0/1, one 1 per kept dimension
@@ -1320,8 +1321,8 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     torch.save({'weights': torch.zeros(3)}, notckpt)
     error_of(go(**{**pc_ok, 'base_ckpt': str(notckpt)}), match=r"not a checkpoint written by train\.py")
     error_of(go(**{**pc_ok, 'base_ckpt': ''}), match=r"arm=pc needs base_ckpt")
-    error_of(go(**{**pc_ok, 'compression': 1.5}), match=r"compression=1\.5 is impossible")
-    error_of(go(**{**ok, 'arm': 'distill'}), match=r"unknown arm 'distill'")
+    error_of(go(**{**pc_ok, 'compression': 1.5}), match=r"compression=1\.5 must be in \[0, 1\): the fraction")
+    error_of(go(**{**ok, 'arm': 'distill'}), match=r"arm='distill' is not one of base, pc, hpr")
     error_of(go(**{**ok, 'init_from': 'gpt2'}), match=r"init_from='gpt2'")
     error_of(go(**{**ok, 'max_tokens': 1000}), match=r"exactly one of max_iters, max_tokens")
     error_of(go(**{**ok, 'max_iters': 0}), match=r"exactly one of max_iters, max_tokens")
@@ -1329,7 +1330,7 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     for key in ('eval_interval', 'log_interval', 'batch_size', 'grad_accum', 'block_size'):
         error_of(go(**{**ok, key: 0}), match=rf"{key}=0 must be positive")
     error_of(go(**{**ok, 'max_iters': -3}), match=r"max_iters=-3 must not be negative")
-    error_of(go(**{**pc_ok, 'proj_dtype': 'fp16'}), match=r"proj_dtype='fp16' should be auto or one of")
+    error_of(go(**{**pc_ok, 'proj_dtype': 'fp16'}), match=r"proj_dtype='fp16' is not one of auto, float32, bfloat16")
     error_of(go(**{**ok, 'early_ckpt_frac': 2.0}), match=r"early_ckpt_frac=2\.0 must be in \[0, 1\)")
     msg = error_of(go(**{**ok, 'tokens_per_param': 40.0}), match=r"exactly one of max_iters")
     assert 'max_iters=2, tokens_per_param=40.0' in msg and '--tokens_per_param=0' in msg
@@ -1349,37 +1350,73 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ DDP
 
-def launch(dataset, out_dir, **overrides):
+def launch(dataset, out_dir, script=TRAIN_PY, probe=False, **overrides):
     """Start `torchrun --standalone --nproc_per_node=2 train.py --k=v ...` on CPU (gloo)."""
     cfg = {**TINY, 'dataset': str(dataset), 'out_dir': str(out_dir), **overrides}
     args = [f"--{k}={v!r}" if isinstance(v, str) else f"--{k}={v}" for k, v in cfg.items()]
+    args += ['--probe'] if probe else []
     env = {k: v for k, v in os.environ.items()
            if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT')}
     env['OMP_NUM_THREADS'] = '1'
     return subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone',
-                             '--nproc_per_node=2', TRAIN_PY] + args, cwd=REPO, env=env,
+                             '--nproc_per_node=2', script] + args, cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_processes_match_one(dataset, base_run, tmp_path):
-    common = dict(max_iters=4, eval_interval=2, grad_accum=2)
-    arms = {'base': dict(arm='base', **common),
-            'pc': dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **common)}
-    procs = {arm: launch(dataset, tmp_path / f'ddp_{arm}', **over) for arm, over in arms.items()}
-    try:   # the 1-process runs of the same global batch while the launches run
-        for arm, over in arms.items():
-            run(dataset, tmp_path / f'one_{arm}', **over)
-        logs = {arm: p.communicate(timeout=180)[0] for arm, p in procs.items()}
+def finish(proc, timeout=180):
+    """Wait for a launch; its exit code and output."""
+    try:
+        out = proc.communicate(timeout=timeout)[0]
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for arm, p in procs.items():
-        assert p.returncode == 0, f"torchrun arm={arm} failed:\n{logs[arm][-3000:]}"
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out
 
+
+def trained_state(out_dir):
+    """Every trained tensor of a run, PC's projections gathered from every process's file."""
+    path = os.path.join(out_dir, 'ckpt.pt')
+    ck = gpt.load_checkpoint(path)
+    state = dict(ck['model'])
+    if ck['kind'] == 'pc':
+        state.update(train.load_shards(ck, path, list(ck['owner']))[0])
+    return ck, state
+
+
+DDP_LEN = dict(max_iters=6, eval_interval=3, grad_accum=4)   # 2 micro-batches per process at 2
+
+
+@pytest.fixture(scope='session')
+def ddp_runs(dataset, base_run, tmp_path_factory):
+    """2-process runs (base; PC uninterrupted; PC stopped at 3 then resumed at 2 processes) and the
+    1-process runs of the same global batch."""
+    d = tmp_path_factory.mktemp('ddp')
+    arms = {'base': dict(arm='base', **DDP_LEN),
+            'pc': dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **DDP_LEN)}
+    procs = {arm: launch(dataset, d / f'two_{arm}', **over) for arm, over in arms.items()}
+    procs['stop'] = launch(dataset, d / 'two_pc_resumed', stop_iter=3, **arms['pc'])
+    for arm, over in arms.items():   # while the launches run
+        run(dataset, d / f'one_{arm}', **over)
+    done = {k: finish(p) for k, p in procs.items()}
+    for k, (code, out) in done.items():
+        assert code == 0, f"torchrun {k} failed:\n{out[-3000:]}"
+    stopped = trained_state(d / 'two_pc_resumed')[0]
+    assert stopped['iter'] == 3 and len(stopped['shards']) == 2
+    shutil.copytree(d / 'two_pc_resumed', d / 'one_pc_from_two')      # for a resume at 1 process
+    code, out = finish(launch(dataset, d / 'two_pc_resumed', init_from='resume', **arms['pc']))
+    assert code == 0, out[-3000:]
+    return d, arms
+
+
+def test_two_processes_match_one(ddp_runs):
+    """2 gloo processes with 2 micro-batches each train what 1 process trains on the same global
+    batch: loss curves, every trained tensor (PC's P and R gathered from both processes) and the
+    merged W_c agree to fp32 rounding, with the same kept dimensions; tokens/s and MFU are counted
+    per process."""
+    d, arms = ddp_runs
     for arm in arms:
-        one, two = records(tmp_path / f'one_{arm}'), records(tmp_path / f'ddp_{arm}')
+        one, two = records(d / f'one_{arm}'), records(d / f'two_{arm}')
         for kind, key in (('train', 'loss'), ('eval', 'val_loss')):
             r1, r2 = by_iter(one, kind), by_iter(two, kind)
             assert sorted(r1) == sorted(r2) and r1, (arm, kind)
@@ -1387,15 +1424,96 @@ def test_two_processes_match_one(dataset, base_run, tmp_path):
                 assert r2[i][key] == pytest.approx(r1[i][key], abs=1e-5, rel=0), (arm, kind, i)
         for r in by_iter(two, 'eval').values():
             assert r['ranks_agree'] is True, (arm, r)
-        c1, c2 = load_ckpt(tmp_path / f'one_{arm}'), load_ckpt(tmp_path / f'ddp_{arm}')
-        assert c1['iter'] == c2['iter'] == 4
-        assert_same_tensors(drop_key_bias(c1['model']), drop_key_bias(c2['model']), atol=1e-6)
+        for r in by_iter(two, 'train').values():
+            assert r['tok_per_s_per_process'] == pytest.approx(r['tok_per_s'] / 2)
+            assert r['tokens'] == r['iter'] * 4 * TINY['batch_size'] * TINY['block_size']
+        (c1, s1), (c2, s2) = trained_state(d / f'one_{arm}'), trained_state(d / f'two_{arm}')
+        assert c1['iter'] == c2['iter'] == 6
+        assert_same_tensors(drop_key_bias(s1), drop_key_bias(s2), atol=1e-6)
         if arm == 'pc':
-            projections = {k: v for k, v in c2['model'].items() if k.startswith('proj.')}
-            assert any(k.endswith('p_in') for k in projections) and \
-                any(k.endswith('p_out') for k in projections)
-            assert_same_tensors({k: c1['model'][k] for k in projections}, projections, atol=1e-6)
-            assert os.path.isfile(tmp_path / 'ddp_pc' / 'merged.pt')
+            assert any(k.endswith('p_in') for k in s2) and any(k.endswith('p_out') for k in s2)
+            for k in ('D', 'F'):
+                assert torch.equal(c1['keep'][k], c2['keep'][k])
+            m1, m2 = (load_ckpt(d / f'{n}_pc', 'merged.pt')['model'] for n in ('one', 'two'))
+            assert_same_tensors(drop_key_bias(m1), drop_key_bias(m2), atol=1e-6)
+
+
+def test_each_process_holds_only_its_projections(ddp_runs, base_run):
+    """The projected matrices are shared out: every base matrix has exactly one owner, both
+    processes own some, the projection FLOPs are balanced, and each process's checkpoint file holds
+    the P and R of its own matrices and nothing else."""
+    d, _ = ddp_runs
+    ck, _ = trained_state(d / 'two_pc')
+    base = load_gpt(base_run['ckpt'])
+    matrices = [n for n, p in base.named_parameters() if p.dim() == 2]
+    assert list(ck['owner']) == matrices and set(ck['owner'].values()) == {0, 1}
+    assert ck['owner'] == train.share_out(base, ck['keep'], 2)
+    cost = {n: sum(pc.projection_cost(n, *p.shape, len(ck['keep']['D']), ck['keep']['F'].shape[1]))
+            for n, p in base.named_parameters() if p.dim() == 2}
+    load = [sum(c for n, c in cost.items() if ck['owner'][n] == k) for k in (0, 1)]
+    assert abs(load[0] - load[1]) <= max(cost.values())          # balanced to within one matrix
+    for k, file in enumerate(ck['shards']):
+        share = torch.load(d / 'two_pc' / file, weights_only=True)
+        held = {name.split('.')[1] for name in share['model']}
+        assert held == {n.replace('.', '_') for n in matrices if ck['owner'][n] == k}
+        assert set(share['optimizer']) == set(share['model'])
+
+
+def test_sharded_resume(ddp_runs, dataset):
+    """A 2-process PC run stopped at iteration 3 and resumed at 2 processes ends bit for bit where
+    the uninterrupted run ends; resumed at 1 process it ends there to fp32 rounding; the old shares
+    are gone and a missing share is one clear line."""
+    d, arms = ddp_runs
+    (ca, sa), (cb, sb) = trained_state(d / 'two_pc'), trained_state(d / 'two_pc_resumed')
+    assert cb['iter'] == 6
+    assert_same_tensors(sa, sb)
+    ra, rb = records(d / 'two_pc'), records(d / 'two_pc_resumed')
+    for kind in ('train', 'eval'):
+        assert {i: r.get('loss', r.get('val_loss')) for i, r in by_iter(ra, kind).items()} == \
+            {i: r.get('loss', r.get('val_loss')) for i, r in by_iter(rb, kind).items()}
+    assert sorted(os.listdir(d / 'two_pc_resumed')) == sorted(os.listdir(d / 'two_pc'))
+    one = d / 'one_pc_from_two'
+    s = run(dataset, one, init_from='resume', **arms['pc'])
+    assert s['iters'] == 6
+    c1, s1 = trained_state(one)
+    assert len(c1['shards']) == 1
+    assert_same_tensors(drop_key_bias(sa), drop_key_bias(s1), atol=1e-6)
+    # a share that went missing: one line naming it
+    os.remove(one / c1['shards'][0])
+    error_of(train_job, make_cfg(dataset, one, init_from='resume', **{**arms['pc'], 'max_iters': 8}),
+             match=r"a part of .*ckpt\.pt, is missing or incomplete")
+
+
+def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
+    """Processes started with different settings (here the second with another seed, hence other
+    kept dimensions) all stop with one message and a non-zero exit, in bounded time, instead of
+    training apart or hanging; ranks_agree tells equal from different models."""
+    wrapper = tmp_path / 'wrapper.py'
+    wrapper.write_text(
+        "import os, runpy, sys, json, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {REPO!r})\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    sys.argv.append('--seed=7')\n"
+        "if '--probe' in sys.argv:\n"
+        "    import train\n"
+        "    dist.init_process_group('gloo')\n"
+        "    r = int(os.environ['RANK'])\n"
+        "    same = train.ranks_agree([torch.ones(3), torch.arange(4.)], 2)\n"
+        "    other = train.ranks_agree([torch.ones(3), torch.arange(4.) + r * 1e-6], 2)\n"
+        f"    open(os.path.join({str(tmp_path)!r}, f'probe{{r}}.json'), 'w').write(json.dumps([same, other]))\n"
+        "    dist.barrier(); dist.destroy_process_group(); sys.exit(0)\n"
+        f"sys.argv[0] = {TRAIN_PY!r}\n"
+        f"runpy.run_path({TRAIN_PY!r}, run_name='__main__')\n")
+    t0 = time.time()
+    proc = launch(dataset, tmp_path / 'apart', script=str(wrapper), arm='pc', base_ckpt=base_run['ckpt'],
+                  importance='random', max_iters=4, eval_interval=2, grad_accum=2)
+    code, out = finish(proc, timeout=120)
+    assert code != 0 and time.time() - t0 < 120
+    assert out.count('error: the 2 processes disagree on settings, kept_dimensions') >= 1, out[-2000:]
+    assert not (tmp_path / 'apart' / 'ckpt.pt').exists()
+    code, out = finish(launch(dataset, tmp_path / 'probe', script=str(wrapper), probe=True))
+    assert code == 0, out[-2000:]
+    assert [json.loads((tmp_path / f'probe{r}.json').read_text()) for r in (0, 1)] == [[True, False]] * 2
 
 
 # ==================================================================================================

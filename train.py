@@ -8,23 +8,35 @@ Projected Compression (arm=pc) or by hard pruning and retraining (arm=hpr).
     torchrun --standalone --nproc_per_node=4 train.py config/pc_300m_50.py
 
 Settings: the defaults below, then a config file (plain Python assignments), then --key=value.
-On CUDA: bf16 autocast, optional torch.compile, nccl; on CPU: float32, gloo. Under torchrun every
-process trains on its slice of each global batch and DDP averages the gradients.
+On CUDA: bf16 autocast, TF32, optional torch.compile, nccl; on CPU: float32, gloo. Under torchrun
+every process trains on its own micro-batches of each global batch and DDP averages the gradients.
+For PC each process also owns a share of the projections: it pushes dL/dW_c into its own P and R,
+steps them, and sends the new W_c to the others (see share_out and share_weights), so the
+projection work and memory are divided by the number of processes.
+
+The file reads top to bottom: settings; the schedule, losses and evaluation; the processes and
+what they exchange; checkpoints; building a run; one training step; the loop (train).
 """
 import ast
+import ctypes
 import difflib
+import glob
 import hashlib
 import json
 import math
 import os
 import sys
+import signal
 import time
+import uuid
 from contextlib import nullcontext
+from datetime import timedelta
 from dataclasses import asdict
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import gpt
@@ -79,13 +91,17 @@ decay_vectors = False       # also decay vectors (biases, LayerNorm gains)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
+# distillation (arm=pc and arm=hpr): loss = (1 - alpha) CE + alpha T^2 KL(base || student), on the
+# frozen base's logits (the teacher)
+distill_alpha = 0.0
+distill_temperature = 1.0
 # evaluation, logging, checkpoints
 eval_interval = 250
 eval_iters = 20             # fixed validation batches
 log_interval = 10
 early_ckpt_frac = 0.0       # also keep ckpt_early.pt at this fraction of training (0: don't)
 # system
-device = 'auto'             # auto | cpu | cuda
+device = 'auto'             # auto | cpu | cuda | cuda:N
 compile = False             # torch.compile the trained GPT (CUDA)
 peak_flops = 0.0            # hardware FLOP/s for MFU; 0: 989e12 on an H100, 312e12 on other CUDA, none on CPU
 seed = 1337
@@ -149,20 +165,45 @@ def file_sha256(path):
     return h.hexdigest()
 
 
-def load_projected(path, map_location='cpu'):
-    """The ProjectedGPT saved in a PC run's checkpoint, rebuilt over the base it names."""
-    ckpt = gpt.load_checkpoint(path, map_location)
-    if ckpt.get('kind') != 'pc':
-        raise SystemExit(f"error: '{path}' is not a PC checkpoint; use gpt.load_gpt for a plain GPT")
-    if not os.path.isfile(ckpt['base_ckpt']) or file_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
-        raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
-                         f"missing or has changed")
-    base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
-    projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'],
-                                proj_dtype=PROJ_DTYPES[ckpt['proj_dtype']])
-    projected.load_state_dict(ckpt['model'])   # its GPT matrices were saved as the current W_c
-    return projected
+# What the numeric settings must be, checked before any work: (test, the rule in words).
+positive, not_negative = (lambda v: v > 0, 'be positive'), (lambda v: v >= 0, 'not be negative')
+below_one = (lambda v: 0 <= v < 1, 'be in [0, 1)')
+RULES = {**{k: positive for k in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters',
+                                  'log_interval', 'importance_batches', 'width_multiple',
+                                  'learning_rate', 'distill_temperature')},
+         **{k: not_negative for k in ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter',
+                                      'warmup_iters', 'compressed_n_embd', 'compressed_d_ff', 'min_lr',
+                                      'weight_decay', 'grad_clip', 'peak_flops')},
+         **{k: below_one for k in ('beta1', 'beta2', 'dropout', 'early_ckpt_frac')},
+         'compression': (lambda v: 0 <= v < 1, "be in [0, 1): the fraction of the base's parameters to "
+                         "remove (0: give compressed_n_embd or compressed_d_ff)"),
+         'distill_alpha': (lambda v: 0 <= v <= 1, 'be in [0, 1]')}
+CHOICES = dict(arm=('base', 'pc', 'hpr'), init_from=('scratch', 'resume'), importance=pc.METHODS,
+               proj_dtype=('auto', *PROJ_DTYPES))
 
+
+def check_settings(cfg):
+    """One line for the first impossible setting, before any work; the settings as attributes."""
+    for key, (ok, rule) in RULES.items():
+        if not ok(cfg[key]):
+            raise SystemExit(f"error: {key}={cfg[key]} must {rule}")
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise SystemExit(f"error: {key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg['min_lr'] > cfg['learning_rate']:
+        raise SystemExit(f"error: min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}")
+    dev = cfg['device']
+    if not (dev in ('auto', 'cpu') or dev == 'cuda' or dev.startswith('cuda:')):
+        raise SystemExit(f"error: device='{dev}' is not supported; use auto, cpu or cuda (cuda:N)")
+    if dev.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: device='{dev}' but this machine has no CUDA GPU; use --device=auto")
+    if cfg['distill_alpha'] and cfg['arm'] == 'base':
+        raise SystemExit("error: distillation needs a teacher: use it with arm=pc or arm=hpr (the base is the teacher)")
+    return SimpleNamespace(**cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# The schedule, the loss, evaluation
 
 def lr_at(it, c, total):
     """The learning rate of step `it` (0 .. total-1): linear warmup to learning_rate, reached at
@@ -181,6 +222,16 @@ def decays(name, p, c):
     return c.decay_projections or not name.endswith(('.p_in', '.p_out'))
 
 
+def distilled(ce, logits, teacher_logits, alpha, temperature):
+    """(1 - alpha) CE + alpha T^2 KL(teacher || student), both softened by T, averaged over tokens.
+    T^2 keeps the gradient's scale independent of T (Hinton et al.)."""
+    T = temperature
+    student = F.log_softmax(logits.float().view(-1, logits.size(-1)) / T, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float().view(-1, logits.size(-1)) / T, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction='batchmean')
+    return (1 - alpha) * ce + alpha * T * T * kl
+
+
 @torch.no_grad()
 def evaluate(model, batches, device, ctx):
     model.eval()
@@ -192,13 +243,35 @@ def evaluate(model, batches, device, ctx):
     return torch.stack(losses).mean().item()
 
 
-def ranks_agree(params, world):
-    """True if every process holds bitwise the same values: compares a float64 fingerprint."""
-    fp = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
-                      for p in params]).flatten()
-    every = [torch.empty_like(fp) for _ in range(world)]
-    dist.all_gather(every, fp)
-    return all(torch.equal(every[0], f) for f in every[1:])
+# ------------------------------------------------------------------------------------------------
+# Processes: torchrun's ranks, the projections each one owns, and what they exchange
+
+def start_processes(c):
+    """(rank, world, device): one process, or this process's place under torchrun (nccl on CUDA,
+    gloo on CPU)."""
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if c.device == 'auto' else c.device
+    if c.grad_accum % world:
+        raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
+    if 'RANK' not in os.environ:
+        return 0, 1, dev
+    die_with_launcher()
+    if dev == 'cuda':
+        dev = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo',
+                            timeout=timedelta(minutes=10))
+    return int(os.environ['RANK']), world, dev
+
+
+def die_with_launcher():
+    """Ask Linux to kill this process when torchrun, its parent, dies (even by SIGKILL): no worker
+    is left behind holding a GPU."""
+    if sys.platform.startswith('linux'):
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:   # the launcher died before the request was in place
+            os._exit(1)
 
 
 def leave_group():
@@ -208,78 +281,318 @@ def leave_group():
     dist.destroy_process_group()
 
 
-def train(cfg):
-    """Run one training job; returns a summary dict (also printed)."""
-    c = SimpleNamespace(**cfg)   # attribute access: c.batch_size
-    if c.arm not in ('base', 'pc', 'hpr'):
-        raise SystemExit(f"error: unknown arm '{c.arm}'; use base, pc or hpr")
-    if c.init_from not in ('scratch', 'resume'):
-        raise SystemExit(f"error: init_from='{c.init_from}' should be scratch or resume")
-    if c.proj_dtype not in ('auto', *PROJ_DTYPES):
-        raise SystemExit(f"error: proj_dtype='{c.proj_dtype}' should be auto or one of {sorted(PROJ_DTYPES)}")
-    for key in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
-        if cfg[key] <= 0:
-            raise SystemExit(f"error: {key}={cfg[key]} must be positive")
-    for key in ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter'):
-        if cfg[key] < 0:
-            raise SystemExit(f"error: {key}={cfg[key]} must not be negative")
-    if not 0 <= c.early_ckpt_frac < 1:
-        raise SystemExit(f"error: early_ckpt_frac={c.early_ckpt_frac} must be in [0, 1)")
-    if c.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: device='{c.device}' but this machine has no CUDA GPU; use --device=auto")
+def share_out(base, keep, world):
+    """{matrix name: the process that owns its projection}, in the base's order: the most expensive
+    first, each to the process with the fewest projection FLOPs so far (pc.projection_cost)."""
+    d, f = len(keep['D']), keep['F'].shape[1]
+    cost = {n: sum(pc.projection_cost(n, *w.shape, d, f)) for n, w in base.named_parameters() if w.dim() == 2}
+    load, owner = [0] * world, {}
+    for name in sorted(cost, key=lambda n: -cost[n]):   # sorted is stable: ties keep the base's order
+        owner[name] = min(range(world), key=lambda r: load[r])
+        load[owner[name]] += cost[name]
+    return {n: owner[n] for n in cost}
 
-    # ---- processes and device ----
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if c.device == 'auto' else c.device
-    world = int(os.environ.get('WORLD_SIZE', 1))
-    if c.grad_accum % world:
-        raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
-    if ddp:
-        rank = int(os.environ['RANK'])
-        if dev == 'cuda':
-            dev = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo')
-    else:
-        rank, world = 0, 1
-    master = rank == 0
-    accum = c.grad_accum // world
-    device_type = 'cuda' if dev.startswith('cuda') else 'cpu'
-    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if device_type == 'cuda' else nullcontext()
-    if device_type == 'cuda':   # as nanoGPT: float32 matmuls (W_c with proj_dtype=float32) on tensor cores
+
+def share_weights(model, owner, rank, world):
+    """Send every W_c from the process that owns it to all the others, so every process starts the
+    step with the same compressed GPT: one broadcast per process, of all its matrices in one flat
+    buffer. This is all PC adds to DDP's traffic: one copy of the compressed matrices per step."""
+    params = dict(model.named_parameters())
+    for src in range(world):
+        mats = [params[n] for n, r in owner.items() if r == src]
+        if src == rank:
+            flat = torch.cat([m.detach().reshape(-1) for m in mats])
+        else:
+            flat = torch.empty(sum(m.numel() for m in mats), device=mats[0].device)
+        dist.broadcast(flat, src)
+        if src != rank:
+            for m, part in zip(mats, flat.split([m.numel() for m in mats])):
+                m.data = part.view_as(m)   # the matrix is its slice of the buffer: no second copy
+
+
+def clip_gradients(sharded, replicated, max_norm, world):
+    """torch's clip_grad_norm_ over every trained tensor of every process: the norm of the
+    per-tensor gradient norms. Each process contributes its own share of P and R (their norms are
+    all it sends, a few floats); the replicated tensors (DDP's) are counted once. With one process
+    this is clip_grad_norm_ itself, bit for bit."""
+    norms = lambda ps: [torch.linalg.vector_norm(p.grad) for p in ps if p.grad is not None]
+    mine = norms(sharded)
+    if world > 1:
+        dev = replicated[0].device
+        mine = torch.stack(mine) if mine else torch.zeros(0, device=dev)
+        longest = torch.tensor([len(mine)], device=dev)
+        dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+        padded = torch.cat([mine, mine.new_zeros(int(longest) - len(mine))])   # zeros add nothing
+        every = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(every, padded)
+        mine = list(torch.cat(every))
+    total = torch.linalg.vector_norm(torch.stack(mine + norms(replicated)))
+    torch.nn.utils.clip_grads_with_norm_(sharded + replicated, max_norm, total)
+
+
+def ranks_agree(params, world):
+    """True if every process holds bitwise the same values: compares a float64 fingerprint."""
+    fp = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                      for p in params]).flatten()
+    every = [torch.empty_like(fp) for _ in range(world)]
+    dist.all_gather(every, fp)
+    return all(torch.equal(every[0], f) for f in every[1:])
+
+
+def fingerprint(value):
+    """sha256 of settings, tensors, and dicts and lists of them."""
+    h = hashlib.sha256()
+    def feed(v):
+        if torch.is_tensor(v):
+            h.update(f"{v.dtype}{tuple(v.shape)}".encode())
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        elif isinstance(v, dict):
+            for k in sorted(v):
+                feed(k)
+                feed(v[k])
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                feed(x)
+        else:
+            h.update(repr(v).encode())
+    feed(value)
+    return h.hexdigest()
+
+
+def agree(items, world):
+    """Stop every process with the same one line unless they all hold the same `items` (name ->
+    value): a run whose processes start from different settings, data or checkpoints would drift
+    apart silently, or hang in a collective."""
+    if world == 1:
+        return
+    mine = {k: fingerprint(v) for k, v in items.items()}
+    every = [None] * world
+    dist.all_gather_object(every, mine)
+    differ = [k for k in mine if any(e[k] != mine[k] for e in every)]
+    if differ:
+        raise SystemExit(f"error: the {world} processes disagree on {', '.join(differ)}: start them all "
+                         f"with the same settings, data, base and out_dir")
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints. `ckpt.pt` holds everything but PC's projections: settings, iteration, data position,
+# RNG, the kept dimensions, the replicated tensors (a base's or HPR's whole model; PC's vectors) and
+# their AdamW state, keyed by name. Each process writes its own P and R (and their AdamW state) to a
+# file of its own, named after the iteration, before process 0 writes `ckpt.pt`, which names those
+# files: an interruption at any point leaves the previous checkpoint whole.
+
+def optimizer_state(optimizer, named):
+    """AdamW's state keyed by tensor name, so a run resumes with any split of the projections."""
+    state, names = optimizer.state_dict()['state'], dict(named)
+    order = [p for g in optimizer.param_groups for p in g['params']]
+    by_param = {id(p): n for n, p in names.items()}
+    return {by_param[id(p)]: state[i] for i, p in enumerate(order) if i in state}
+
+
+def load_optimizer_state(optimizer, named, saved):
+    sd = optimizer.state_dict()
+    by_param = {id(p): n for n, p in named}
+    order = [p for g in optimizer.param_groups for p in g['params']]
+    missing = [by_param[id(p)] for p in order if by_param[id(p)] not in saved]
+    if missing:
+        raise SystemExit(f"error: the checkpoint has no optimizer state for {missing[0]} (and "
+                         f"{len(missing) - 1} more): it was written by another kind of run")
+    sd['state'] = {i: saved[by_param[id(p)]] for i, p in enumerate(order)}
+    optimizer.load_state_dict(sd)   # casts to each tensor's device, as torch does
+
+
+def save_checkpoint(r, path):
+    """Write the run's state to `path` (and, for PC, each process's share beside it); refuse to
+    write non-finite weights, so the last good checkpoint is never replaced by a broken one."""
+    named = dict(r.named)
+    mine = {n: p.detach() for n, p in named.items() if n.startswith('proj.')}   # PC's share
+    rest = r.saved_module.state_dict() if r.projected is None else \
+        {n: p.detach() for n, p in named.items() if not n.startswith('proj.')}
+    finite = torch.tensor([float(all(torch.isfinite(t).all() for t in [*mine.values(), *rest.values()]))])
+    if r.world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not finite.item():
+        raise SystemExit(f"error: non-finite weights at iter {r.it}; {path} is not replaced (it holds "
+                         f"the last good state); lower learning_rate or check the data")
+    opt = optimizer_state(r.optimizer, r.named)
+    shards = []
+    if r.projected is not None:   # every process writes its own P and R
+        shards = [f"{os.path.basename(path)}.{r.it}.{k}of{r.world}" for k in range(r.world)]
+        gpt.save_atomic(dict(model=mine, optimizer={n: s for n, s in opt.items() if n in mine}),
+                        os.path.join(r.c.out_dir, shards[r.rank]))
+        if r.world > 1:
+            dist.barrier()        # every share is on disk before ckpt.pt names it
+    if r.master:
+        sizes = [os.path.getsize(os.path.join(r.c.out_dir, s)) for s in shards]
+        gpt.save_atomic(dict(
+            kind='pc' if r.projected is not None else 'gpt', model_args=asdict(r.model.config),
+            model=rest, optimizer={n: s for n, s in opt.items() if n not in mine},
+            shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it, best_val=r.best_val,
+            config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
+            rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=uuid.uuid4().hex,
+            pending=dict(loss=r.loss_sum.item(), steps=r.loss_steps, time=r.train_time), **r.base_info,
+            **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)
+        for old in glob.glob(glob.escape(path) + '.*of*'):   # older checkpoints' shares
+            if os.path.basename(old) not in shards:
+                os.remove(old)
+
+
+def load_shards(ckpt, path, names):
+    """The saved P and R (and their AdamW state) of the matrices `names`, from whichever process's
+    file holds each; files are memory-mapped, so only these tensors are read."""
+    folder, model, optim, files = os.path.dirname(path), {}, {}, {}
+    for name in names:
+        k = ckpt['owner'][name]
+        if k not in files:
+            file = os.path.join(folder, ckpt['shards'][k])
+            if not os.path.isfile(file) or os.path.getsize(file) != ckpt['shard_bytes'][k]:
+                raise SystemExit(f"error: {file}, a part of {path}, is missing or incomplete; "
+                                 f"start the run again without init_from=resume")
+            files[k] = torch.load(file, map_location='cpu', weights_only=True, mmap=True)
+        prefix = f"proj.{name.replace('.', '_')}."
+        model.update({n: t for n, t in files[k]['model'].items() if n.startswith(prefix)})
+        optim.update({n: {k_: v.clone() if torch.is_tensor(v) else v for k_, v in s.items()}
+                      for n, s in files[k]['optimizer'].items() if n.startswith(prefix)})
+    return model, optim
+
+
+def load_projected(path, map_location='cpu'):
+    """The ProjectedGPT of a PC run's checkpoint, rebuilt over the base it names (all projections
+    in this process), with its W_c materialized."""
+    ckpt = gpt.load_checkpoint(path, map_location)
+    if ckpt.get('kind') != 'pc':
+        raise SystemExit(f"error: '{path}' is not a PC checkpoint; use gpt.load_gpt for a plain GPT")
+    if not os.path.isfile(ckpt['base_ckpt']) or file_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
+        raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
+                         f"missing or has changed")
+    base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
+    projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'],
+                                proj_dtype=PROJ_DTYPES[ckpt['proj_dtype']])
+    shares, _ = load_shards(ckpt, path, projected.names)
+    trained = dict(projected.named_trainable())
+    with torch.no_grad():
+        for n, t in {**ckpt['model'], **shares}.items():
+            trained[n].copy_(t)
+    projected.materialize()
+    projected._wc = None
+    return projected
+
+
+# ------------------------------------------------------------------------------------------------
+# Building a run: processes, data, the model (and for PC its owned projections), optimizer, state
+
+def setup(cfg):
+    """Everything the loop needs, in one namespace `r`: settings (r.c), processes, data, the
+    model being trained, the optimizer, and where the run stands (fresh, or from its checkpoint)."""
+    c = check_settings(cfg)
+    rank, world, dev = start_processes(c)
+    r = SimpleNamespace(c=c, cfg=cfg, rank=rank, world=world, dev=dev, master=rank == 0,
+                        accum=c.grad_accum // world, device_type='cuda' if dev.startswith('cuda') else 'cpu')
+    r.ctx = torch.autocast(r.device_type, dtype=torch.bfloat16) if r.device_type == 'cuda' else nullcontext()
+    if r.device_type == 'cuda':   # as nanoGPT: float32 matmuls (W_c with proj_dtype=float32) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    proj_dtype = c.proj_dtype if c.proj_dtype != 'auto' else 'bfloat16' if device_type == 'cuda' else 'float32'
+    r.proj_dtype = c.proj_dtype if c.proj_dtype != 'auto' else 'bfloat16' if r.device_type == 'cuda' else 'float32'
+    r.say = print if r.master else (lambda *a, **k: None)
+    if r.master:
+        check_writable(c.out_dir)
     torch.manual_seed(c.seed)
     data_dir = (c.dataset if os.sep in c.dataset else
                 os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', c.dataset))
     data_meta = meta(data_dir)
-    vocab = data_meta['vocab_size']
     # how token ids map to text, kept in every checkpoint so sample.py needs no dataset folder:
     # {'tokenizer': 'char', 'chars': '...'} or {'tokenizer': 'gpt2'} ({} for a dataset that says nothing)
-    tokenizer = {k: data_meta[k] for k in ('tokenizer', 'chars') if k in data_meta}
-    ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    log_path = os.path.join(c.out_dir, 'metrics.jsonl')
-    say = print if master else (lambda *a, **k: None)
+    r.tokenizer = {k: data_meta[k] for k in ('tokenizer', 'chars') if k in data_meta}
+    r.ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
+    r.log_path = os.path.join(c.out_dir, 'metrics.jsonl')
+    resume = gpt.load_checkpoint(r.ckpt_path) if c.init_from == 'resume' else None
+    if resume is not None:
+        check_resume(r, resume)
+    build_model(r, resume, data_dir, data_meta['vocab_size'])
 
-    # ---- the model being trained ----
-    resume = gpt.load_checkpoint(ckpt_path) if c.init_from == 'resume' else None
-    if resume is not None and resume['config']['arm'] != c.arm:
-        raise SystemExit(f"error: {ckpt_path} is an arm={resume['config']['arm']} run; "
+    r.named = r.projected.named_trainable() if r.projected is not None else list(r.model.named_parameters())
+    r.optimizer = gpt.adamw(r.named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), r.device_type,
+                            decays=lambda n, p: decays(n, p, c))
+    r.sharded = [p for n, p in r.named if n.startswith('proj.')]         # PC: this process's P and R
+    r.replicated = [p for n, p in r.named if not n.startswith('proj.')]  # the same on every process
+    r.n_model = gpt.param_counts(r.model.config)['total']
+    r.n_trainable = sum(p.numel() for _, p in r.named)   # this process's; PC's P and R are shared out
+    if r.world > 1 and r.projected is not None:
+        n = torch.tensor([r.n_trainable - sum(p.numel() for p in r.replicated)])
+        dist.all_reduce(n)
+        r.n_trainable = int(n) + sum(p.numel() for p in r.replicated)
+
+    if c.pc_naive and c.arm == 'pc':   # what runs the micro-batches: naive PC, or the plain GPT
+        if world > 1:
+            raise SystemExit("error: pc_naive=True is for single-process checks; drop it under torchrun")
+        r.runner = r.projected
+    else:
+        r.runner = torch.compile(r.model) if c.compile else r.model
+        if world > 1:
+            r.runner = DDP(r.runner, device_ids=[int(os.environ['LOCAL_RANK'])] if r.device_type == 'cuda' else None)
+
+    r.train_batches = Batches(data_dir, 'train', c.block_size, c.batch_size, c.seed, rank, world)
+    r.val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
+    r.tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
+    lengths = {k: cfg[k] for k in ('max_iters', 'max_tokens', 'tokens_per_param') if cfg[k]}
+    if len(lengths) != 1:
+        raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
+                         f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
+                         f"set the others to 0, e.g. --tokens_per_param=0")
+    r.total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * r.n_model) / r.tokens_per_iter))
+    r.it, r.best_val, r.val = 0, float('inf'), None
+    r.loss_sum, r.loss_steps, r.train_time = torch.zeros((), device=dev), 0, 0.0
+    if resume is not None:
+        restore(r, resume)
+    agree(dict(settings=cfg, iteration=r.it, base=r.base_info.get('base_sha256'), kept_dimensions=r.keep,
+               data_position=r.train_batches.state_dict(), checkpoint=(resume or {}).get('saved')), world)
+    r.stop = c.stop_iter if c.stop_iter > r.it else -1   # a stop already reached is no stop
+    r.early_iter = int(c.early_ckpt_frac * r.total) if c.early_ckpt_frac else -1
+    r.peak = c.peak_flops or (0.0 if r.device_type == 'cpu' else
+                              989e12 if 'H100' in torch.cuda.get_device_name() else 312e12)
+    start_log(r, resume)
+    r.say(f"arm={c.arm}: model {r.n_model:,} params ({r.n_trainable:,} trained), {world} process(es) on "
+          f"{dev}, {r.tokens_per_iter:,} tokens/iter, {r.total} iters = {r.total * r.tokens_per_iter:,} tokens "
+          f"({r.total * r.tokens_per_iter / r.n_model:.1f} per model parameter)")
+    return r
+
+
+def check_writable(folder):
+    """One line now, not a traceback at the first checkpoint, if out_dir cannot be a writable
+    folder. Nothing is created yet: a run refused later leaves no trace."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        why = 'is a file' if not os.path.isdir(existing) else 'is read-only'
+        raise SystemExit(f"error: out_dir={folder} cannot be written: {existing} {why}; pick another out_dir")
+
+
+def check_resume(r, resume):
+    """A resume continues the same run: same arm, and the settings that shape the model."""
+    c, cfg = r.c, r.cfg
+    if resume['config']['arm'] != c.arm:
+        raise SystemExit(f"error: {r.ckpt_path} is an arm={resume['config']['arm']} run; "
                          f"resume it with --arm={resume['config']['arm']}")
-    projected, keep, base_info = None, None, {}
-    if resume is not None:   # the settings that shape the model must be the checkpoint's
-        shape_keys = (('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
-                       'tie_embeddings') if c.arm == 'base' else
-                      ('dataset', 'block_size', 'compression', 'compressed_n_embd', 'compressed_d_ff',
-                       'width_multiple', 'importance', 'residual'))
-        changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
-                   if resume['config'].get(k) != cfg[k]]
-        if c.arm == 'pc' and resume.get('proj_dtype') != proj_dtype:
-            changed.append(f"proj_dtype={proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
-        if changed:
-            raise SystemExit(f"error: {ckpt_path} was trained with other model settings: "
-                             f"{', '.join(changed)}; resume with the checkpoint's settings")
+    shape_keys = (('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
+                   'tie_embeddings') if c.arm == 'base' else
+                  ('dataset', 'block_size', 'compression', 'compressed_n_embd', 'compressed_d_ff',
+                   'width_multiple', 'importance', 'residual'))
+    changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
+               if resume['config'].get(k) != cfg[k]]
+    if c.arm == 'pc' and resume.get('proj_dtype') != r.proj_dtype:
+        changed.append(f"proj_dtype={r.proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
+    if changed:
+        raise SystemExit(f"error: {r.ckpt_path} was trained with other model settings: "
+                         f"{', '.join(changed)}; resume with the checkpoint's settings")
+
+
+def build_model(r, resume, data_dir, vocab):
+    """r.model (the GPT being trained), r.projected (PC's projections, this process's share),
+    r.teacher (the frozen base, when distilling), r.keep, r.owner, r.base_info."""
+    c = r.c
+    r.projected = r.teacher = r.keep = None
+    r.owner, r.base_info = {}, {}
     if c.arm == 'base':
         if resume is not None:
             mcfg = gpt.GPTConfig(**resume['model_args'])
@@ -289,216 +602,230 @@ def train(cfg):
             mcfg = gpt.GPTConfig(block_size=c.block_size, vocab_size=vocab, n_layer=c.n_layer,
                                  n_head=c.n_head, n_embd=c.n_embd, d_ff=c.d_ff, bias=c.bias,
                                  tie_embeddings=c.tie_embeddings, dropout=c.dropout)
-        model = gpt.GPT(mcfg)
+        r.model = gpt.GPT(mcfg)
     else:
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
-        base = gpt.load_gpt(c.base_ckpt, map_location=dev)   # importance and pruning run on dev
-        base_info = dict(base_ckpt=os.path.abspath(c.base_ckpt), base_sha256=file_sha256(c.base_ckpt))
-        if resume is not None and resume.get('base_sha256') != base_info['base_sha256']:
-            raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {ckpt_path} was "
+        base = gpt.load_gpt(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
+        r.base_info = dict(base_ckpt=os.path.abspath(c.base_ckpt), base_sha256=file_sha256(c.base_ckpt))
+        if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:
+            raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {r.ckpt_path} was "
                              f"trained from ({resume.get('base_ckpt')}); pass that one as base_ckpt")
         if c.block_size > base.config.block_size:
             raise SystemExit(f"error: block_size={c.block_size} is larger than the base model's "
                              f"context ({base.config.block_size}); use --block_size<={base.config.block_size}")
         if resume is not None:
-            keep = resume['keep']
+            r.keep = resume['keep']
         else:   # same scores for both arms: same base, method, seed and calibration batches
             widths = dict(compression=c.compression or None, n_embd=c.compressed_n_embd or None,
                           d_ff=c.compressed_d_ff or None, multiple_of=c.width_multiple)
             small, achieved = pc.compressed_config(base.config, **widths)
-            calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size,
-                                   c.importance_batches, seed=c.seed)
-                     if c.importance == 'activation' else None)
-            keep = pc.select(pc.importance(base, c.importance, calib, seed=c.seed),
-                             small.n_embd, small.d_ff)
-            say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
-                f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
+            calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size, c.importance_batches,
+                                   seed=c.seed) if c.importance.startswith('activation') else None)
+            r.keep = pc.select(pc.importance(base, c.importance, calib, seed=c.seed), small.n_embd, small.d_ff)
+            r.say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
+                  f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
+        if c.distill_alpha:   # the teacher: the frozen base, in eval mode (PC's projections share its memory)
+            r.teacher = base.eval().requires_grad_(False)
         if c.arm == 'hpr':
-            model = pc.hard_prune(base, keep)
+            r.model = pc.hard_prune(base, r.keep)
         else:
-            projected = pc.ProjectedGPT(base, keep, residual=c.residual,
-                                        proj_dtype=PROJ_DTYPES[proj_dtype])
-            model = projected.gpt
+            r.owner = share_out(base, r.keep, r.world)
+            owned = {n for n, k in r.owner.items() if k == r.rank}
+            r.projected = pc.ProjectedGPT(base, r.keep, residual=c.residual,
+                                          proj_dtype=PROJ_DTYPES[r.proj_dtype], owned=owned)
+            r.model = r.projected.gpt
         del base
-        mcfg = model.config
-    if c.block_size > mcfg.block_size:
+    if c.block_size > r.model.config.block_size:
         raise SystemExit(f"error: block_size={c.block_size} is larger than the model's context "
-                         f"({mcfg.block_size})")
-    if vocab > mcfg.vocab_size:
+                         f"({r.model.config.block_size})")
+    if vocab > r.model.config.vocab_size:
         raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
-                         f"{mcfg.vocab_size}; pick a matching dataset")
-    model.to(dev)
-    saved_module = projected if projected is not None else model   # what the checkpoint holds
-    if resume is not None:
-        saved_module.load_state_dict(resume['model'])
-    if projected is not None:
-        named = projected.named_trainable()
-    else:
-        named = list(model.named_parameters())
-    optimizer = gpt.adamw(named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), device_type,
-                          decays=lambda n, p: decays(n, p, c))
-    params = [p for _, p in named]
-    n_trainable = sum(p.numel() for p in params)
-    n_model = gpt.param_counts(mcfg)['total']
+                         f"{r.model.config.vocab_size}; pick a matching dataset")
+    r.model.to(r.dev)
+    r.saved_module = r.projected if r.projected is not None else r.model
 
-    # ---- what runs the micro-batches: the plain GPT (PC's cost-free step) or naive PC ----
-    if c.pc_naive and c.arm == 'pc':
-        if ddp:
-            raise SystemExit("error: pc_naive=True is for single-process checks; drop it under torchrun")
-        runner = projected
-    else:
-        runner = torch.compile(model) if c.compile else model
-        if ddp:
-            runner = DDP(runner, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None)
 
-    # ---- data and length ----
-    train_batches = Batches(data_dir, 'train', c.block_size, c.batch_size, c.seed, rank, world)
-    val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
-    tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
-    lengths = {k: cfg[k] for k in ('max_iters', 'max_tokens', 'tokens_per_param') if cfg[k]}
-    if len(lengths) != 1:
-        raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
-                         f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
-                         f"set the others to 0, e.g. --tokens_per_param=0")
-    total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * n_model) / tokens_per_iter))
-    say(f"arm={c.arm}: model {n_model:,} params ({n_trainable:,} trained), {world} process(es) on "
-        f"{dev}, {tokens_per_iter:,} tokens/iter, {total} iters = {total * tokens_per_iter:,} tokens "
-        f"({total * tokens_per_iter / n_model:.1f} per model parameter)")
-
-    it, best_val = 0, float('inf')
-    if resume is not None:
-        it, best_val = resume['iter'], resume['best_val']
-        if it > total:
-            raise SystemExit(f"error: {ckpt_path} is at iter {it}, past this run's length ({total} "
-                             f"iters); give the length it was trained with")
-        optimizer.load_state_dict(resume['optimizer'])
-        train_batches.load_state_dict(resume['loader'])
-        torch.set_rng_state(resume['rng'])
-        if device_type == 'cuda' and 'cuda_rng' in resume:
-            torch.cuda.set_rng_state(resume['cuda_rng'])
-    if master:
-        os.makedirs(c.out_dir, exist_ok=True)
-        # a resumed run rewrites the log from its checkpoint on, so the log holds one history
-        old = open(log_path).read().splitlines() if resume is not None and os.path.exists(log_path) else []
-        # (the train record at `it` is the step before the checkpoint; the eval at `it` runs again)
-        kept = [l for l in old if (r := json.loads(l))['iter'] < it or (r['iter'] == it and r['kind'] == 'train')]
-        with open(log_path, 'w') as f:
-            f.writelines(l + '\n' for l in kept)
-
-    def log(record):
-        if record['kind'] == 'train':
-            say(f"iter {record['iter']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
-                f"{record['ms_per_iter']:.1f} ms/iter, {record['tok_per_s']:,.0f} tok/s"
-                + (f", mfu {record['mfu']:.1%}" if 'mfu' in record else ''))
+def restore(r, resume):
+    """Continue exactly where the checkpoint stopped: weights, AdamW state, data position, RNG, the
+    not yet logged training losses."""
+    if resume['iter'] > r.total:
+        raise SystemExit(f"error: {r.ckpt_path} is at iter {resume['iter']}, past this run's length "
+                         f"({r.total} iters); give the length it was trained with")
+    saved_opt = dict(resume['optimizer'])
+    with torch.no_grad():
+        if r.projected is None:
+            r.model.load_state_dict(resume['model'])
         else:
-            say(f"iter {record['iter']}: " + ', '.join(f"{k.replace('_', ' ')} {v:.4f}"
-                                                       for k, v in record.items() if 'loss' in k))
-        if master:
-            with open(log_path, 'a') as f:
-                f.write(json.dumps(record) + '\n')
+            shares, shares_opt = load_shards(resume, r.ckpt_path, r.projected.names)
+            saved_opt.update(shares_opt)
+            trained = dict(r.named)
+            for n, t in {**resume['model'], **shares}.items():
+                if n in trained:
+                    trained[n].copy_(t)
+    load_optimizer_state(r.optimizer, r.named, saved_opt)
+    r.it, r.best_val = resume['iter'], resume['best_val']
+    r.train_batches.load_state_dict(resume['loader'])
+    torch.set_rng_state(resume['rng'])
+    if r.device_type == 'cuda' and 'cuda_rng' in resume:
+        torch.cuda.set_rng_state(resume['cuda_rng'])
+    r.loss_sum += resume['pending']['loss']
+    r.loss_steps, r.train_time = resume['pending']['steps'], resume['pending']['time']
 
-    def save(path):
-        if master:
-            ckpt = dict(kind='pc' if projected is not None else 'gpt', model_args=asdict(mcfg),
-                        model=saved_module.state_dict(), optimizer=optimizer.state_dict(), iter=it,
-                        best_val=best_val, config=dict(cfg), tokenizer=tokenizer, loader=train_batches.state_dict(),
-                        rng=torch.get_rng_state(), keep=keep, proj_dtype=proj_dtype, **base_info,
-                        **({'cuda_rng': torch.cuda.get_rng_state()} if device_type == 'cuda' else {}))
-            gpt.save_atomic(ckpt, path)
 
-    stop = c.stop_iter if c.stop_iter > it else -1   # a stop already reached is no stop
-    peak = c.peak_flops or (0.0 if device_type == 'cpu' else
-                            989e12 if 'H100' in torch.cuda.get_device_name() else 312e12)
-    loss_sum, loss_steps, train_time = torch.zeros((), device=dev), 0, 0.0
-    early_iter = int(c.early_ckpt_frac * total) if c.early_ckpt_frac else -1
+def start_log(r, resume):
+    """Open out_dir for this run. A fresh run removes a finished run's summary.json at once (its
+    presence means 'finished'); a resumed one keeps the log up to its checkpoint."""
+    if not r.master:
+        return
+    try:
+        os.makedirs(r.c.out_dir, exist_ok=True)
+        old = []
+        if resume is not None and os.path.exists(r.log_path):
+            old = open(r.log_path).read().splitlines()
+        else:
+            for stale in ('summary.json', 'merged.pt'):
+                if os.path.exists(os.path.join(r.c.out_dir, stale)):
+                    os.remove(os.path.join(r.c.out_dir, stale))
+        kept = []
+        for line in old:   # up to the checkpoint: the train record at `it` is the step before it
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue   # a line torn by a kill: the run repeats that step and logs it again
+            if rec['iter'] < r.it or (rec['iter'] == r.it and rec['kind'] == 'train'):
+                kept.append(line)
+        with open(r.log_path, 'w') as f:
+            f.writelines(line + '\n' for line in kept)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to out_dir={r.c.out_dir} ({e.strerror}); pick a "
+                         f"writable folder")
+
+
+def log(r, record):
+    if record['kind'] == 'train':
+        r.say(f"iter {record['iter']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+              f"{record['ms_per_iter']:.1f} ms/iter, {record['tok_per_s']:,.0f} tok/s"
+              + (f", mfu {record['mfu']:.1%}" if 'mfu' in record else ''))
+    else:
+        r.say(f"iter {record['iter']}: " + ', '.join(f"{k.replace('_', ' ')} {v:.4f}"
+                                                     for k, v in record.items() if 'loss' in k))
+    if r.master:
+        with open(r.log_path, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+
+
+# ------------------------------------------------------------------------------------------------
+# One optimizer step, and the loop
+
+def train_step(r):
+    """One optimizer step: the micro-batches through the plain (compressed) GPT, DDP averaging the
+    gradients at the last one; PC's dL/dW_c into this process's P and R, once; clip; AdamW."""
+    c, t0 = r.c, time.time()
+    lr = lr_at(r.it, c, r.total)
+    for group in r.optimizer.param_groups:
+        group['lr'] = lr
+    step_loss = torch.zeros((), device=r.dev)
+    for micro in range(r.accum):
+        if r.world > 1:   # average gradients across processes on the last micro-batch only
+            r.runner.require_backward_grad_sync = micro == r.accum - 1
+        x, y = (t.to(r.dev, non_blocking=True) for t in r.train_batches.next())
+        with r.ctx:
+            logits, loss = r.runner(x, y)
+            if c.distill_alpha:
+                loss = distilled(loss, logits, r.teacher(x, y)[0], c.distill_alpha, c.distill_temperature)
+        (loss / r.accum).backward()
+        step_loss += loss.detach() / r.accum
+    if r.projected is not None and not c.pc_naive:
+        r.projected.backward_projections()   # dL/dW_c -> dL/dP, dL/dR, once per step
+    if r.world > 1:   # every process must see a bad step, or the others would wait for it forever
+        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
+        step_loss /= r.world
+    if not torch.isfinite(step_loss):
+        raise SystemExit(f"error: non-finite loss at iter {r.it}; the last good checkpoint "
+                         f"{r.ckpt_path} is kept; lower learning_rate or check the data")
+    if c.grad_clip:
+        clip_gradients(r.sharded, r.replicated, c.grad_clip, r.world)
+    r.optimizer.step()
+    r.optimizer.zero_grad(set_to_none=True)
+    r.loss_sum += step_loss
+    r.loss_steps += 1
+    r.it += 1
+    r.train_time += time.time() - t0   # exact: the finiteness check above waited for the step
+    return lr
+
+
+def train(cfg):
+    """Run one training job; returns a summary dict (also printed)."""
+    r = setup(cfg)
+    c = r.c
     while True:
-        if projected is not None and not c.pc_naive:
-            projected.materialize()   # W_c for this step, once (also what evaluation sees)
-        if it % c.eval_interval == 0 or it == total or it == early_iter or it == stop:
-            val = evaluate(model if not c.pc_naive else projected, val_batches, dev, ctx)
-            best_val = min(best_val, val)
-            record = dict(kind='eval', iter=it, tokens=it * tokens_per_iter, val_loss=val)
-            if ddp:   # every process must hold the same trained tensors (projections included)
-                record['ranks_agree'] = ranks_agree(params, world)
-            log(record)
-            save(ckpt_path)
-            if it == early_iter:
-                save(os.path.join(c.out_dir, 'ckpt_early.pt'))
-        if it >= total or it == stop:
+        if r.projected is not None and not c.pc_naive:
+            r.projected.materialize()   # this process's W_c for this step, once (also what evaluation sees)
+            if r.world > 1:
+                share_weights(r.model, r.owner, r.rank, r.world)
+        if r.it % c.eval_interval == 0 or r.it in (r.total, r.early_iter, r.stop):
+            evaluate_and_save(r)
+        if r.it >= r.total or r.it == r.stop:
             break
+        lr = train_step(r)
+        if r.it % c.log_interval == 0 or r.it in (r.total, r.stop):
+            dt = r.train_time / r.loss_steps
+            record = dict(kind='train', iter=r.it, tokens=r.it * r.tokens_per_iter,
+                          epochs=round(r.train_batches.epochs, 6), loss=r.loss_sum.item() / r.loss_steps,
+                          steps=r.loss_steps, lr=lr, ms_per_iter=1000 * dt, tok_per_s=r.tokens_per_iter / dt,
+                          tok_per_s_per_process=r.tokens_per_iter / dt / r.world)
+            if r.peak:   # per GPU: each process's tokens against one GPU's peak
+                record['mfu'] = r.model.estimate_mfu(record['tok_per_s_per_process'], r.peak, seq_len=c.block_size)
+            log(r, record)
+            r.loss_sum.zero_()
+            r.loss_steps, r.train_time = 0, 0.0
+    return finish(r)
 
-        t0 = time.time()   # time the training step only, not evaluation or checkpoints
-        lr = lr_at(it, c, total)
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        step_loss = torch.zeros((), device=dev)
-        for micro in range(accum):
-            if ddp:   # average gradients across processes on the last micro-batch only
-                runner.require_backward_grad_sync = micro == accum - 1
-            x, y = train_batches.next()
-            with ctx:
-                _, loss = runner(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
-            (loss / accum).backward()
-            step_loss += loss.detach() / accum
-        if projected is not None and not c.pc_naive:
-            projected.backward_projections()   # dL/dW_c -> dL/dP, dL/dR, once per step
-        if ddp:   # every process must see a bad step, or the others would wait for it forever
-            dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)
-            step_loss /= world
-        if not torch.isfinite(step_loss):
-            if master and os.path.exists(ckpt_path):
-                msg = f"; the last good checkpoint {ckpt_path} is kept"
-            else:
-                msg = ""
-            raise SystemExit(f"error: non-finite loss at iter {it}{msg}; lower learning_rate or "
-                             f"check the data")
-        if c.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_sum += step_loss
-        it += 1
-        loss_steps += 1
-        train_time += time.time() - t0   # exact: the finiteness check above waited for the step
 
-        if it % c.log_interval == 0 or it == total or it == stop:
-            dt = train_time / loss_steps
-            record = dict(kind='train', iter=it, tokens=it * tokens_per_iter,
-                          loss=loss_sum.item() / loss_steps, steps=loss_steps, lr=lr,
-                          ms_per_iter=1000 * dt, tok_per_s=tokens_per_iter / dt)
-            if peak:
-                record['mfu'] = model.estimate_mfu(tokens_per_iter / dt, peak, seq_len=c.block_size)
-            log(record)
-            loss_sum.zero_()
-            loss_steps, train_time = 0, 0.0
+def evaluate_and_save(r):
+    r.val = evaluate(r.model if not r.c.pc_naive else r.projected, r.val_batches, r.dev, r.ctx)
+    r.best_val = min(r.best_val, r.val)
+    record = dict(kind='eval', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val)
+    if r.world > 1:   # every process must hold the same compressed GPT (PC: after share_weights)
+        record['ranks_agree'] = ranks_agree(list(r.model.parameters()), r.world)
+    log(r, record)
+    if r.world > 1 and not record['ranks_agree']:
+        raise SystemExit(f"error: the processes' models differ at iter {r.it}; the last good "
+                         f"checkpoint {r.ckpt_path} is kept")
+    save_checkpoint(r, r.ckpt_path)
+    if r.it == r.early_iter:
+        save_checkpoint(r, os.path.join(r.c.out_dir, 'ckpt_early.pt'))
 
-    if it == stop and it < total:
-        say(f"stopped at iter {it} of {total}; continue with --init_from=resume")
-        if ddp:
-            del runner
-            leave_group()
-        return dict(arm=c.arm, out_dir=c.out_dir, iters=it, stopped=True)
-    summary = dict(arm=c.arm, out_dir=c.out_dir, iters=it, tokens=it * tokens_per_iter,
-                   val_loss=val, params=n_model, trainable_params=n_trainable,
-                   model_args=asdict(mcfg), **base_info)
-    if projected is not None and it == total:
-        merged = projected.merge()
-        merged_val = evaluate(merged, val_batches, dev, ctx)
-        log(dict(kind='merged', iter=it, tokens=it * tokens_per_iter, val_loss=val,
-                 merged_val_loss=merged_val))
-        if master:
-            gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(cfg), tokenizer=tokenizer),
-                            os.path.join(c.out_dir, 'merged.pt'))
-        summary['merged_val_loss'] = merged_val
-    if master:   # written last: its presence says the run finished (compare.py reuses it)
-        summary['config'] = dict(cfg)
-        tmp = os.path.join(c.out_dir, 'summary.json.tmp')
-        with open(tmp, 'w') as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, os.path.join(c.out_dir, 'summary.json'))
-    if ddp:
-        del runner   # DDP's reducer uses the process group: release it before the group goes
+
+def finish(r):
+    """The merged model (PC), the summary (written last: its presence says the run finished), and
+    leaving the process group."""
+    c = r.c
+    if r.it == r.stop and r.it < r.total:
+        r.say(f"stopped at iter {r.it} of {r.total}; continue with --init_from=resume")
+        summary = dict(arm=c.arm, out_dir=c.out_dir, iters=r.it, stopped=True)
+    else:
+        summary = dict(arm=c.arm, out_dir=c.out_dir, iters=r.it, tokens=r.it * r.tokens_per_iter,
+                       val_loss=r.val, params=r.n_model, trainable_params=r.n_trainable,
+                       model_args=asdict(r.model.config), **r.base_info)
+        if r.projected is not None:
+            merged = r.projected.merge()
+            merged_val = evaluate(merged, r.val_batches, r.dev, r.ctx)
+            log(r, dict(kind='merged', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val,
+                        merged_val_loss=merged_val))
+            if r.master:
+                gpt.save_atomic(gpt.gpt_checkpoint(merged, config=dict(r.cfg), tokenizer=r.tokenizer),
+                                os.path.join(c.out_dir, 'merged.pt'))
+            summary['merged_val_loss'] = merged_val
+        if r.master:
+            summary['config'] = dict(r.cfg)
+            tmp = os.path.join(c.out_dir, f'summary.json.{os.getpid()}.tmp')
+            with open(tmp, 'w') as f:
+                json.dump(summary, f, indent=1)
+            os.replace(tmp, os.path.join(c.out_dir, 'summary.json'))
+    if r.world > 1:
+        del r.runner   # DDP's reducer uses the process group: release it before the group goes
         leave_group()
     return summary
 
