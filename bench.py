@@ -28,6 +28,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -36,6 +37,7 @@ import torch
 
 import gpt
 import pc
+import train
 
 # The CPU-sized default: a char-level GPT (vocab 96) small enough that a step of 16 micro-batches of
 # 16 x 128 tokens takes about 2 s on one core, big enough that the projections are real matmuls and
@@ -66,6 +68,9 @@ def parse_args(argv):
                    "(0: the largest of --batch_sizes)")
     p.add_argument('--flops_tokens', type=int, default=512 * 512, help="tokens/step for the FLOP table")
     p.add_argument('--no_memory', action='store_true', help="skip the memory subprocesses")
+    p.add_argument('--no_processes', action='store_true', help="skip train.py at 1 and 2 processes")
+    p.add_argument('--process_steps', type=int, default=12, help="optimizer steps of each train.py run")
+    p.add_argument('--process_reps', type=int, default=2, help="train.py runs per arm and process count")
     p.add_argument('--compile', action='store_true', help="torch.compile the micro-batch forward")
     p.add_argument('--quick', action='store_true', help="smallest size everywhere, a few seconds")
     p.add_argument('--threads', type=int, default=1,
@@ -83,6 +88,7 @@ def parse_args(argv):
     if args.quick:
         args.model, args.batch_sizes, args.micro_batches = 'quick', [2, 4], [1, 2, 4]
         args.warmup, args.reps, args.proj_reps = 1, 3, 5
+        args.process_steps, args.process_reps = 4, 1
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit("error: --device=cuda but torch.cuda.is_available() is False")
     if min(args.batch_sizes + args.micro_batches) <= 0 or args.reps <= 0 or args.warmup < 0:
@@ -533,38 +539,47 @@ def projection_flops(base_cfg, small_cfg):
     return fwd, bwd
 
 
-def static_memory(base_cfg, small_cfg):
-    """Bytes of everything but activations, fp32 and AdamW (param + grad + 2 states = 16 B per trained
-    element), counted from shapes as pc.ProjectedGPT allocates them. The measured breakdown of the
-    memory arms reproduces these numbers for the bench model (see test_bench.py)."""
-    frozen = p_elems = r_elems = inter = 0
-    for name, out_dim, in_dim, out_c, in_c, has_in, has_out in projected_shapes(base_cfg, small_cfg):
-        frozen += out_dim * in_dim
-        p_elems += (in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0)
-        r_elems += out_c * in_c
-        if has_in and has_out:           # the intermediate saved for the backward of the second matmul
-            out_first = pc.out_first_is_cheaper(out_dim, in_dim, out_c, in_c, True, True)
-            inter += out_c * in_dim if out_first else out_dim * in_c   # P_out W, or W P_in
+def process_shares(base_cfg, small_cfg, world, base_bytes=4):
+    """What each of `world` processes owns of PC's projections when train.share_out splits them:
+    its projection forward and backward FLOPs and its elements of frozen base, P, R and the saved
+    intermediate (W_c has R's shape)."""
+    shapes = {name: (o, i) for name, o, i, *_ in projected_shapes(base_cfg, small_cfg)}
+    costs = train.projection_costs(shapes, small_cfg.n_embd, small_cfg.d_ff)
+    owner = train.share_out(costs, world, base_bytes)
+    shares = [dict(fwd=0, bwd=0, frozen=0, p=0, r=0, inter=0) for _ in range(world)]
+    for name, c in costs.items():
+        for k in shares[owner[name]]:
+            shares[owner[name]][k] += c[k]
+    return shares
+
+
+def static_memory(base_cfg, small_cfg, world=1, base_bytes=4):
+    """Bytes one process holds besides activations (the most loaded one), fp32 and AdamW (param +
+    grad + 2 states = 16 B per trained element), counted from shapes as train.py allocates them:
+    every process holds the whole compressed GPT (W_c and vectors) with gradients and the vectors'
+    AdamW state; PC's frozen base, P, R, their state and the saved intermediates only for the
+    matrices it owns. base_bytes: 4 (float32) or 2 (proj_dtype=bfloat16). The measured breakdown of
+    the memory arms reproduces the 1-process numbers for the bench model (see test_bench_quick)."""
+    shares = process_shares(base_cfg, small_cfg, world, base_bytes)
     n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']
-    vectors_c = n_small - r_elems        # every W_c has R's shape
-    pc_bytes = dict(frozen_base=4 * frozen, projections=8 * p_elems, residuals=8 * r_elems,
-                    optimizer_state=8 * (p_elems + r_elems + vectors_c),
-                    model_params_grads=8 * n_small,
-                    saved_projection_graph=4 * inter)   # W_c itself is the GPT's matrices
-    return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=sum(pc_bytes.values()),
-                pc_parts=pc_bytes, p_params=p_elems, r_params=r_elems,
-                pc_over_hpr=sum(pc_bytes.values()) / (16 * n_small),
-                pc_over_base=sum(pc_bytes.values()) / (16 * n_base))
+    vectors_c = n_small - sum(s['r'] for s in shares)
+    parts = max((dict(frozen_base=base_bytes * s['frozen'], projections=8 * s['p'], residuals=8 * s['r'],
+                      optimizer_state=8 * (s['p'] + s['r'] + vectors_c), model_params_grads=8 * n_small,
+                      saved_projection_graph=4 * s['inter'])   # W_c itself is the GPT's matrices
+                 for s in shares), key=lambda d: sum(d.values()))
+    pc_bytes = sum(parts.values())
+    return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=pc_bytes, pc_parts=parts,
+                p_params=sum(s['p'] for s in shares), r_params=sum(s['r'] for s in shares),
+                pc_over_hpr=pc_bytes / (16 * n_small), pc_over_base=pc_bytes / (16 * n_base))
 
 
-def flops_row(label, base_cfg, compression, tokens, multiple_of=1):
-    small, removed = pc.compressed_config(base_cfg, compression, multiple_of=multiple_of)
-    fwd, bwd = projection_flops(base_cfg, small)
-    per_token = gpt.flops_per_token(small)
+def flops_row(label, base_cfg, small_cfg, removed, tokens, compression):
+    fwd, bwd = projection_flops(base_cfg, small_cfg)
+    per_token = gpt.flops_per_token(small_cfg)
     step = per_token * tokens
-    mem = static_memory(base_cfg, small)
-    return dict(model=label, compression=compression, removed=removed, n_embd=small.n_embd,
-                d_ff=small.d_ff, compressed_params=gpt.param_counts(small)['total'],
+    mem = static_memory(base_cfg, small_cfg)
+    return dict(model=label, compression=compression, removed=removed, n_embd=small_cfg.n_embd,
+                d_ff=small_cfg.d_ff, compressed_params=gpt.param_counts(small_cfg)['total'],
                 base_params=gpt.param_counts(base_cfg)['total'], p_params=mem['p_params'],
                 r_params=mem['r_params'], static_base_bytes=mem['base_bytes'],
                 static_hpr_bytes=mem['hpr_bytes'], static_pc_bytes=mem['pc_bytes'],
@@ -574,13 +589,98 @@ def flops_row(label, base_cfg, compression, tokens, multiple_of=1):
                 tokens_for_1pct=(fwd + bwd) / (0.01 * per_token))
 
 
+def process_row(label, base_cfg, small_cfg, tokens, world, compression):
+    """One process's share of a PC step, against its share of the step's FLOPs and against HPR's
+    memory under DDP, and what it receives per step beyond DDP's gradient traffic."""
+    shares = process_shares(base_cfg, small_cfg, world)
+    worst = max(s['fwd'] + s['bwd'] for s in shares)
+    step = gpt.flops_per_token(small_cfg) * tokens / world
+    fp32, bf16 = (static_memory(base_cfg, small_cfg, world, b) for b in (4, 2))
+    wc = sum(s['r'] for s in shares)
+    n_small = gpt.param_counts(small_cfg)['total']
+    return dict(model=label, compression=compression, processes=world, proj_flops=worst, step_flops=step,
+                proj_share=worst / step, hpr_bytes=fp32['hpr_bytes'], pc_bytes=fp32['pc_bytes'],
+                pc_bytes_bf16=bf16['pc_bytes'], pc_over_hpr=fp32['pc_over_hpr'],
+                pc_over_hpr_bf16=bf16['pc_over_hpr'],
+                # every W_c it does not own, fp32; DDP's ring all-reduce of the fp32 gradients
+                wc_bytes=4 * (wc - min(s['r'] for s in shares)),
+                ddp_bytes=2 * (world - 1) / world * 4 * n_small)
+
+
+def paper_shapes():
+    """(label, base config, compressed config, removed, compression) of the paper's six rows, with
+    the widths of the config/pc_*.py files (multiples of 64)."""
+    for name in ('300m', '800m'):
+        for c in (0.35, 0.5, 0.65):
+            small, removed = pc.compressed_config(gpt.preset(name), c, multiple_of=64)
+            yield name, gpt.preset(name), small, removed, c
+
+
 def bench_flops(args, base_cfg, max_tokens):
-    # widths in multiples of 64, as config/pc_*.py compress them
-    rows = [flops_row(name, gpt.preset(name), c, args.flops_tokens, multiple_of=64)
-            for name in ('300m', '800m') for c in (0.35, 0.5, 0.65)]
+    rows = [flops_row(label, b, s, removed, args.flops_tokens, c) for label, b, s, removed, c in paper_shapes()]
     # this run's own model at its largest measured step, to set the FLOP fraction next to the time one
-    rows.append(flops_row(f'bench:{args.model}', base_cfg, args.compression, max_tokens))
+    small, removed = pc.compressed_config(base_cfg, args.compression)
+    rows.append(flops_row(f'bench:{args.model}', base_cfg, small, removed, max_tokens, args.compression))
     return rows
+
+
+def bench_process_model(args):
+    return [process_row(label, b, s, args.flops_tokens, w, c) for label, b, s, _, c in paper_shapes()
+            for w in (1, 2, 4, 8)]
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. train.py itself at 1 and 2 processes (torchrun, gloo on CPU): does sharing out the
+# projections keep PC's step at HPR's cost when the step is split over processes?
+
+def bench_processes(args, base_cfg, small_cfg, log):
+    """Median ms per optimizer step of train.py's HPR and PC arms, 1 process and 2, the same global
+    batch (the bench model, random tokens), the runs interleaved; each process one thread."""
+    B, accum, steps = max(args.batch_sizes), 4, args.process_steps
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, 'data')
+        os.makedirs(data)
+        g = torch.Generator().manual_seed(args.seed)
+        splits = {}
+        for split, n in (('train', 64 * B * base_cfg.block_size), ('val', 4 * B * base_cfg.block_size)):
+            ids = torch.randint(0, base_cfg.vocab_size, (n,), generator=g).numpy().astype('uint16')
+            ids.tofile(os.path.join(data, f'{split}.bin'))
+            splits[split] = [dict(file=f'{split}.bin', tokens=n, sha256='')]
+        with open(os.path.join(data, 'meta.json'), 'w') as f:
+            json.dump(dict(vocab_size=base_cfg.vocab_size, splits=splits), f)
+        torch.manual_seed(args.seed)
+        base_ckpt = os.path.join(tmp, 'base.pt')
+        gpt.save_atomic(gpt.gpt_checkpoint(gpt.GPT(base_cfg)), base_ckpt)
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ, OMP_NUM_THREADS='1')
+        times = {}
+        for rep in range(args.process_reps):
+            for world in (1, 2):
+                for arm in ('hpr', 'pc'):
+                    out = os.path.join(tmp, f'{arm}{world}_{rep}')
+                    launcher = ([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                                 f'--nproc_per_node={world}'] if world > 1 else [sys.executable])
+                    settings = dict(arm=arm, dataset=data, base_ckpt=base_ckpt, out_dir=out, device='cpu',
+                                    compressed_n_embd=small_cfg.n_embd, compressed_d_ff=small_cfg.d_ff,
+                                    compression=0.0, block_size=base_cfg.block_size, batch_size=B,
+                                    grad_accum=accum, max_iters=steps, eval_interval=steps, eval_iters=1,
+                                    log_interval=1, warmup_iters=0)
+                    proc = subprocess.run(launcher + [os.path.join(here, 'train.py')] +
+                                          [f'--{k}={v}' for k, v in settings.items()],
+                                          cwd=here, env=env, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        raise SystemExit(f"error: train.py arm={arm} at {world} process(es) failed:\n"
+                                         f"{(proc.stdout + proc.stderr)[-2000:]}")
+                    with open(os.path.join(out, 'metrics.jsonl')) as f:
+                        ms = [r['ms_per_iter'] for r in map(json.loads, f) if r['kind'] == 'train']
+                    times.setdefault((world, arm), []).extend(ms[1:])   # the first step warms up
+        rows = []
+        for world in (1, 2):
+            hpr, pc_ = (statistics.median(times[world, a]) for a in ('hpr', 'pc'))
+            rows.append(dict(processes=world, tokens_per_step=B * accum * base_cfg.block_size,
+                             hpr_s=hpr / 1e3, pc_s=pc_ / 1e3, pc_over_hpr=pc_ / hpr))
+            log(f"  {world} process(es): hpr {hpr:8.1f} ms  pc {pc_:8.1f} ms  pc/hpr {pc_ / hpr:.3f}")
+        return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -590,7 +690,7 @@ def fmt(v, kind):
     if v is None:
         return '-'
     return {'ms': lambda: f'{v * 1e3:.2f}', 'x': lambda: f'{v:.3f}', 'int': lambda: f'{round(v):d}',
-            'mib': lambda: f'{v / 2**20:.2f}', 'gib': lambda: f'{v / 2**30:.3g}',
+            'mib': lambda: f'{v / 2**20:.2f}', 'gib': lambda: f'{v / 2**30:.3g}', 'mb': lambda: f'{v / 1e6:.1f}',
             'g': lambda: f'{v:.3g}', 'pct': lambda: f'{100 * v:.3f}%', 's': lambda: str(v)}[kind]()
 
 
@@ -642,7 +742,12 @@ def main(argv=None):
     if not args.no_memory:
         log("2. peak memory (one subprocess per arm)")
         memory = bench_memory(args, argv, log)
+    processes = None
+    if not args.no_processes:
+        log("3. train.py's step at 1 and 2 processes (torchrun, gloo)")
+        processes = bench_processes(args, base_cfg, small_cfg, log)
     flops = bench_flops(args, base_cfg, max(r['tokens_per_step'] for r in rows))
+    per_process = bench_process_model(args)
 
     # ---- tables
     texts, mds = [], []
@@ -690,6 +795,21 @@ def main(argv=None):
          ('proj fwd', 'proj_fwd_flops', 'g'), ('proj bwd', 'proj_bwd_flops', 'g'),
          ('step', 'step_flops', 'g'), ('proj/step', 'fraction', 'pct'),
          ('tokens for 1%', 'tokens_for_1pct', 'int')], flops)
+    if processes:
+        add("train.py's optimizer step at 1 and 2 processes (torchrun, gloo, one thread each; the same "
+            "global batch; median wall ms per step)",
+            [('processes', 'processes', 'int'), ('tokens/step', 'tokens_per_step', 'int'),
+             ('HPR ms', 'hpr_s', 'ms'), ('PC ms', 'pc_s', 'ms'), ('PC/HPR', 'pc_over_hpr', 'x')], processes)
+    add(f'Per process on paper, the paper shapes at {args.flops_tokens:,} tokens/step split over the '
+        'processes (projection: the most loaded process\'s share, as train.share_out splits them; '
+        'GiB: static bytes of one process, fp32 AdamW, PC\'s frozen base in float32 or bfloat16 '
+        '(proj_dtype); traffic: MB one process receives per step, W_c beyond DDP vs DDP\'s gradient '
+        'all-reduce)',
+        [('model', 'model', 's'), ('compr', 'compression', 'x'), ('processes', 'processes', 'int'),
+         ('proj/step', 'proj_share', 'pct'), ('HPR GiB', 'hpr_bytes', 'gib'), ('PC GiB', 'pc_bytes', 'gib'),
+         ('PC/HPR', 'pc_over_hpr', 'x'), ('PC GiB bf16 base', 'pc_bytes_bf16', 'gib'),
+         ('PC/HPR bf16 base', 'pc_over_hpr_bf16', 'x'), ('W_c MB', 'wc_bytes', 'mb'),
+         ('DDP MB', 'ddp_bytes', 'mb')], per_process)
     add('Static memory on paper (fp32, AdamW; params + grads + optimizer state, PC also the frozen '
         'base and the saved projection graph; no activations), GiB',
         [('model', 'model', 's'), ('compr', 'compression', 'x'), ('base params', 'base_params', 'g'),
@@ -705,7 +825,7 @@ def main(argv=None):
                 compile=args.compile, model=args.model, base_config=asdict(base_cfg),
                 compressed_config=asdict(small_cfg), removed=removed, args=vars(args), wall_s=wall)
     results = dict(meta=meta, timing=dict(configs=rows, fixed_cost=fixed, crossover=cross),
-                   memory=memory, flops=flops)
+                   memory=memory, flops=flops, processes=dict(measured=processes, model=per_process))
     print()
     print('\n\n'.join(texts))
     print(f"\nwall time {wall:.1f} s")

@@ -1447,11 +1447,14 @@ def test_each_process_holds_only_its_projections(ddp_runs, base_run):
     base = load_gpt(base_run['ckpt'])
     matrices = [n for n, p in base.named_parameters() if p.dim() == 2]
     assert list(ck['owner']) == matrices and set(ck['owner'].values()) == {0, 1}
-    assert ck['owner'] == train.share_out(base, ck['keep'], 2)
-    cost = {n: sum(pc.projection_cost(n, *p.shape, len(ck['keep']['D']), ck['keep']['F'].shape[1]))
-            for n, p in base.named_parameters() if p.dim() == 2}
-    load = [sum(c for n, c in cost.items() if ck['owner'][n] == k) for k in (0, 1)]
-    assert abs(load[0] - load[1]) <= max(cost.values())          # balanced to within one matrix
+    costs = train.projection_costs({n: tuple(p.shape) for n, p in base.named_parameters() if p.dim() == 2},
+                                   len(ck['keep']['D']), ck['keep']['F'].shape[1])
+    assert ck['owner'] == train.share_out(costs, 2)
+    flops = {n: c['fwd'] + c['bwd'] for n, c in costs.items()}
+    assert flops == {n: sum(pc.projection_cost(n, *p.shape, len(ck['keep']['D']), ck['keep']['F'].shape[1]))
+                     for n, p in base.named_parameters() if p.dim() == 2}
+    load = [sum(c for n, c in flops.items() if ck['owner'][n] == k) for k in (0, 1)]
+    assert abs(load[0] - load[1]) <= max(flops.values())          # balanced to within one matrix
     for k, file in enumerate(ck['shards']):
         share = torch.load(d / 'two_pc' / file, weights_only=True)
         held = {name.split('.')[1] for name in share['model']}
@@ -1482,6 +1485,48 @@ def test_sharded_resume(ddp_runs, dataset):
     os.remove(one / c1['shards'][0])
     error_of(train_job, make_cfg(dataset, one, init_from='resume', **{**arms['pc'], 'max_iters': 8}),
              match=r"a part of .*ckpt\.pt, is missing or incomplete")
+
+
+def children(pid):
+    """Process ids whose parent is `pid` (from /proc)."""
+    kids = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='needs /proc and prctl')
+def test_workers_die_with_their_launcher(dataset, tmp_path):
+    """kill -9 of torchrun (the launcher) takes its training processes with it: none is left
+    behind holding memory or a GPU."""
+    out = tmp_path / 'orphans'
+    proc = launch(dataset, out, arm='base', max_iters=100000, eval_interval=5, grad_accum=2)
+    try:
+        deadline = time.time() + 120
+        while not (out / 'ckpt.pt').exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        workers = children(proc.pid)
+        assert len(workers) == 2 and (out / 'ckpt.pt').exists(), proc.poll()
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while any(os.path.exists(f'/proc/{w}') and open(f'/proc/{w}/stat').read().split()[2] != 'Z'
+                  for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        alive = [w for w in workers if os.path.exists(f'/proc/{w}')
+                 and open(f'/proc/{w}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z']
+        assert not alive, f"workers {alive} outlived their launcher"
+    finally:
+        for w in children(proc.pid):
+            os.kill(w, 9)
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
@@ -1645,7 +1690,8 @@ FLOP_KEYS = ['model', 'compression', 'removed', 'n_embd', 'd_ff', 'compressed_pa
 MD_HEADERS = ['tokens/step', 'HPR ms', 'PC ms', 'naive ms', 'PC/HPR', 'naive/HPR', 'naive/PC',
               'projection_phase', 'fixed_cost', 'first measured', 'interpolated', 'model', '1+fixed/HPR',
               'peak (measured)', 'frozen_base', 'saved_projection_graph', 'static (parts without activations)',
-              'proj/step', 'tokens for 1%', 'PC GiB', 'PC/base']
+              'proj/step', 'tokens for 1%', 'PC GiB', 'PC/base', 'PC GiB bf16 base', 'W_c MB', 'DDP MB',
+              "train.py's optimizer step at 1 and 2 processes"]
 
 
 def positive(x):
@@ -1657,7 +1703,7 @@ def test_bench_quick(tmp_path):
     res = bench.main(['--quick', f'--out_dir={out}'])
     on_disk = json.loads((out / 'bench_results.json').read_text())
     md = (out / 'bench_results.md').read_text()
-    assert set(on_disk) == {'meta', 'timing', 'memory', 'flops'} == set(res)
+    assert set(on_disk) == {'meta', 'timing', 'memory', 'flops', 'processes'} == set(res)
 
     # 1. step time: one row per (batch size, micro-batches), every time and ratio measured
     rows = on_disk['timing']['configs']
@@ -1706,6 +1752,26 @@ def test_bench_quick(tmp_path):
         for k in FLOP_KEYS[1:]:
             assert positive(f[k]), (k, f[k])
         assert f['proj_bwd_flops'] <= 2 * f['proj_fwd_flops']   # the usual 2x is an upper bound
+
+    # 4. train.py at 1 and 2 processes, measured; and the per-process model at the paper's shapes
+    measured = on_disk['processes']['measured']
+    assert [r['processes'] for r in measured] == [1, 2]
+    for r in measured:
+        assert positive(r['hpr_s']) and positive(r['pc_s']) and r['pc_over_hpr'] == pytest.approx(r['pc_s'] / r['hpr_s'])
+    model = on_disk['processes']['model']
+    assert [(r['model'], r['compression'], r['processes']) for r in model] == \
+        [(m, c, w) for m in ('300m', '800m') for c in (0.35, 0.5, 0.65) for w in (1, 2, 4, 8)]
+    for one, row in zip(flops[:6], model[::4]):          # 1 process: the whole-model tables
+        assert row['pc_bytes'] == one['static_pc_bytes'] and row['wc_bytes'] == 0 == row['ddp_bytes']
+        assert row['proj_share'] == pytest.approx(one['fraction'])
+    for i in range(0, len(model), 4):
+        rows = model[i:i + 4]
+        for a, b in zip(rows, rows[1:]):                  # more processes: each holds and sends less
+            assert b['pc_bytes'] < a['pc_bytes'] and b['hpr_bytes'] == a['hpr_bytes']
+            assert b['pc_bytes_bf16'] < b['pc_bytes']
+        for r in rows:                          # the split stays balanced; traffic below one W_c copy
+            assert r['proj_share'] < 1.05 * rows[0]['proj_share']
+            assert r['wc_bytes'] < 4 * rows[0]['hpr_bytes'] / 16   # (fp32 W_c < the compressed params)
 
     for h in MD_HEADERS:
         assert h in md, h

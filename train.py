@@ -281,48 +281,69 @@ def leave_group():
     dist.destroy_process_group()
 
 
-def share_out(base, keep, world):
-    """{matrix name: the process that owns its projection}, in the base's order: the most expensive
-    first, each to the process with the fewest projection FLOPs so far (pc.projection_cost)."""
-    d, f = len(keep['D']), keep['F'].shape[1]
-    cost = {n: sum(pc.projection_cost(n, *w.shape, d, f)) for n, w in base.named_parameters() if w.dim() == 2}
-    load, owner = [0] * world, {}
-    for name in sorted(cost, key=lambda n: -cost[n]):   # sorted is stable: ties keep the base's order
-        owner[name] = min(range(world), key=lambda r: load[r])
-        load[owner[name]] += cost[name]
-    return {n: owner[n] for n in cost}
+def projection_costs(shapes, n_embd, d_ff):
+    """What each base matrix's projection costs the process that owns it ({name: (out, in)} ->
+    {name: dict}): forward and backward FLOPs, and elements of frozen base, P, R and the
+    intermediate saved for the backward (in pc.Projection's order)."""
+    costs = {}
+    for name, (out_dim, in_dim) in shapes.items():
+        s = pc.projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
+        out_c, in_c, has_in, has_out = s[2:]
+        out_first = pc.out_first_is_cheaper(*s)
+        fwd, bwd = pc.projection_flops(*s, out_first=out_first)
+        costs[name] = dict(fwd=fwd, bwd=bwd, frozen=out_dim * in_dim, r=out_c * in_c,
+                           p=(in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0),
+                           inter=0 if not (has_in and has_out) else out_c * in_dim if out_first else out_dim * in_c)
+    return costs
+
+
+def share_out(costs, world, base_bytes=4):
+    """{matrix name: the process that owns its projection}, in the order of `costs`. The matrices go
+    out largest FLOPs first, each to the process whose larger load grows least: its share of all the
+    projection FLOPs, or of all the projection bytes (base slice, P and R with their gradients and
+    AdamW moments, the saved intermediate). FLOPs alone would leave the processes holding the big
+    embedding slices with far more memory than the others."""
+    flops = {n: c['fwd'] + c['bwd'] for n, c in costs.items()}
+    nbytes = {n: base_bytes * c['frozen'] + 16 * (c['p'] + c['r']) + 4 * c['inter'] for n, c in costs.items()}
+    F, B = sum(flops.values()), sum(nbytes.values())
+    load_f, load_b, owner = [0] * world, [0] * world, {}
+    for name in sorted(flops, key=lambda n: -flops[n]):   # sorted is stable: ties keep the given order
+        k = min(range(world), key=lambda k: max((load_f[k] + flops[name]) / F, (load_b[k] + nbytes[name]) / B))
+        owner[name] = k
+        load_f[k], load_b[k] = load_f[k] + flops[name], load_b[k] + nbytes[name]
+    return {n: owner[n] for n in costs}
 
 
 def share_weights(model, owner, rank, world):
     """Send every W_c from the process that owns it to all the others, so every process starts the
-    step with the same compressed GPT: one broadcast per process, of all its matrices in one flat
-    buffer. This is all PC adds to DDP's traffic: one copy of the compressed matrices per step."""
+    step with the same compressed GPT: one all_gather of each process's matrices in one flat buffer
+    (padded to the largest share). This is all PC adds to DDP's traffic: one copy of the compressed
+    matrices per step."""
     params = dict(model.named_parameters())
+    mats = [[params[n] for n, k in owner.items() if k == src] for src in range(world)]
+    sizes = [sum(m.numel() for m in ms) for ms in mats]
+    mine = [m.detach().reshape(-1) for m in mats[rank]]
+    pad = torch.zeros(max(sizes) - sizes[rank], device=next(model.parameters()).device)
+    every = [pad.new_empty(max(sizes)) for _ in range(world)]
+    dist.all_gather(every, torch.cat(mine + [pad]))
     for src in range(world):
-        mats = [params[n] for n, r in owner.items() if r == src]
-        if src == rank:
-            flat = torch.cat([m.detach().reshape(-1) for m in mats])
-        else:
-            flat = torch.empty(sum(m.numel() for m in mats), device=mats[0].device)
-        dist.broadcast(flat, src)
         if src != rank:
-            for m, part in zip(mats, flat.split([m.numel() for m in mats])):
+            parts = every[src][:sizes[src]].split([m.numel() for m in mats[src]])
+            for m, part in zip(mats[src], parts):
                 m.data = part.view_as(m)   # the matrix is its slice of the buffer: no second copy
 
 
-def clip_gradients(sharded, replicated, max_norm, world):
+def clip_gradients(sharded, replicated, max_norm, world, longest=0):
     """torch's clip_grad_norm_ over every trained tensor of every process: the norm of the
     per-tensor gradient norms. Each process contributes its own share of P and R (their norms are
-    all it sends, a few floats); the replicated tensors (DDP's) are counted once. With one process
-    this is clip_grad_norm_ itself, bit for bit."""
+    all it sends, a few floats, padded to `longest`, the most any process has); the replicated
+    tensors (DDP's) are counted once. With one process this is clip_grad_norm_ itself, bit for bit."""
     norms = lambda ps: [torch.linalg.vector_norm(p.grad) for p in ps if p.grad is not None]
     mine = norms(sharded)
     if world > 1:
         dev = replicated[0].device
         mine = torch.stack(mine) if mine else torch.zeros(0, device=dev)
-        longest = torch.tensor([len(mine)], device=dev)
-        dist.all_reduce(longest, op=dist.ReduceOp.MAX)
-        padded = torch.cat([mine, mine.new_zeros(int(longest) - len(mine))])   # zeros add nothing
+        padded = torch.cat([mine, mine.new_zeros(longest - len(mine))])   # zeros add nothing
         every = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(every, padded)
         mine = list(torch.cat(every))
@@ -517,10 +538,13 @@ def setup(cfg):
     r.replicated = [p for n, p in r.named if not n.startswith('proj.')]  # the same on every process
     r.n_model = gpt.param_counts(r.model.config)['total']
     r.n_trainable = sum(p.numel() for _, p in r.named)   # this process's; PC's P and R are shared out
-    if r.world > 1 and r.projected is not None:
-        n = torch.tensor([r.n_trainable - sum(p.numel() for p in r.replicated)])
-        dist.all_reduce(n)
-        r.n_trainable = int(n) + sum(p.numel() for p in r.replicated)
+    r.longest_share = len(r.sharded)
+    if r.world > 1 and r.projected is not None:   # over every process: P and R elements, tensors
+        n = torch.tensor([r.n_trainable - sum(p.numel() for p in r.replicated), len(r.sharded)])
+        every = [torch.empty_like(n) for _ in range(world)]
+        dist.all_gather(every, n)
+        r.n_trainable = sum(int(e[0]) for e in every) + sum(p.numel() for p in r.replicated)
+        r.longest_share = max(int(e[1]) for e in every)
 
     if c.pc_naive and c.arm == 'pc':   # what runs the micro-batches: naive PC, or the plain GPT
         if world > 1:
@@ -630,7 +654,9 @@ def build_model(r, resume, data_dir, vocab):
         if c.arm == 'hpr':
             r.model = pc.hard_prune(base, r.keep)
         else:
-            r.owner = share_out(base, r.keep, r.world)
+            shapes = {n: tuple(w.shape) for n, w in base.named_parameters() if w.dim() == 2}
+            costs = projection_costs(shapes, len(r.keep['D']), r.keep['F'].shape[1])
+            r.owner = share_out(costs, r.world, base_bytes=PROJ_DTYPES[r.proj_dtype].itemsize)
             owned = {n for n, k in r.owner.items() if k == r.rank}
             r.projected = pc.ProjectedGPT(base, r.keep, residual=c.residual,
                                           proj_dtype=PROJ_DTYPES[r.proj_dtype], owned=owned)
@@ -745,7 +771,7 @@ def train_step(r):
         raise SystemExit(f"error: non-finite loss at iter {r.it}; the last good checkpoint "
                          f"{r.ckpt_path} is kept; lower learning_rate or check the data")
     if c.grad_clip:
-        clip_gradients(r.sharded, r.replicated, c.grad_clip, r.world)
+        clip_gradients(r.sharded, r.replicated, c.grad_clip, r.world, r.longest_share)
     r.optimizer.step()
     r.optimizer.zero_grad(set_to_none=True)
     r.loss_sum += step_loss
