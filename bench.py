@@ -405,25 +405,22 @@ def nbytes(tensors):
 
 def saved_graph_bytes(model):
     """Bytes the saved projection graph holds beyond parameters and buffers: the tensors autograd
-    saves in materialize (the W @ P_in intermediates). The W_c outputs it keeps for the backward are
-    the compressed GPT's own matrices (counted there). Found by recording what autograd saves, by
-    storage, so nothing is counted twice."""
-    owned = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+    saves in materialize (the W @ P_in or P_out @ W intermediates). The W_c outputs it keeps for the
+    backward are the compressed GPT's own matrices (counted there). Found by recording what autograd
+    saves, by storage, so nothing is counted twice; parameters and buffers are told apart *after*
+    materialize, which replaces the GPT's matrices (the freed storage of an old W_c can be reused
+    by a new intermediate at the same address)."""
     saved = {}
-
     def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in owned:
-            saved[s.data_ptr()] = s.nbytes()
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.materialize()
-    for w in model._wc:   # materialize made these the GPT's matrices: not extra memory
-        saved.pop(w.untyped_storage().data_ptr(), None)
+    owned = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
     model._wc = None
     for p in model.matrices():
         p.grad = None
-    return sum(saved.values())
+    return sum(n for ptr, n in saved.items() if ptr not in owned)
 
 
 def memory_arm(args, arm):

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import nbformat
 import numpy as np
@@ -1273,6 +1274,314 @@ def test_pc_checkpoint_points_at_its_base(dataset, base_run, arm_runs, tmp_path)
     assert s['val_loss'] == pytest.approx(by_iter(records(arm_runs['pc']), 'eval')[6]['val_loss'], abs=1e-6)
 
 
+# ------------------------------------------------------------------------------------ what train.py trains
+
+def setup_run(dataset, out_dir, **overrides):
+    """train.setup on a tiny config: the run as train.train would start it (optimizer, model, keep)."""
+    torch.set_num_threads(1)
+    return train.setup(make_cfg(dataset, out_dir, **overrides))
+
+
+def test_what_each_arm_trains(dataset, base_run, arm_runs):
+    """Through train.py: PC moves every P off its 0/1 selection and every R off zero, and never
+    touches the base (its file and the frozen tensors stay bitwise the same); HPR moves every
+    matrix off its hard-pruned slice. The merged model is the run's compressed GPT."""
+    base_sha = hashlib.sha256(open(base_run['ckpt'], 'rb').read()).hexdigest()
+    projected = train.load_projected(os.path.join(arm_runs['pc'], 'ckpt.pt'))
+    assert hashlib.sha256(open(base_run['ckpt'], 'rb').read()).hexdigest() == base_sha
+    base = load_gpt(base_run['ckpt'])
+    params = dict(base.named_parameters())
+    start = ProjectedGPT(base, projected.keep)          # the same projections at step 0
+    for (name, proj), (_, proj0) in zip(projected.projections(), start.projections()):
+        assert torch.equal(proj.weight, params[name]), name   # the frozen base, bitwise
+        for kind in ('p_in', 'p_out', 'r'):
+            moved, init = getattr(proj, kind), getattr(proj0, kind)
+            if init is not None:
+                assert (moved - init).abs().max() > 1e-6, (name, kind)
+    merged = load_gpt(os.path.join(arm_runs['pc'], 'merged.pt'))
+    states_equal(merged, projected.merge())
+    hpr, pruned = load_gpt(os.path.join(arm_runs['hpr'], 'ckpt.pt')), hard_prune(base, projected.keep)
+    pruned_params = dict(pruned.named_parameters())
+    for name, p in hpr.named_parameters():
+        assert (p - pruned_params[name]).abs().max() > 1e-6, name
+
+
+@pytest.mark.parametrize('arm', ['base', 'hpr', 'pc'])
+@pytest.mark.parametrize('decay_projections,decay_vectors', [(False, False), (True, True)])
+def test_optimizer_groups_and_weight_decay(arm, decay_projections, decay_vectors, dataset, base_run, tmp_path):
+    """Every trained tensor is in exactly one AdamW group, nothing else is: weight decay on the
+    matrices (the base's, HPR's, PC's residuals R), on PC's projections P only with
+    decay_projections, on vectors only with decay_vectors; PC's compressed matrices (W_c) and the
+    frozen base are not trained."""
+    over = arm_overrides(arm, base_run)
+    r = setup_run(dataset, tmp_path, decay_projections=decay_projections, decay_vectors=decay_vectors,
+                  weight_decay=0.25, **over)
+    groups = r.optimizer.param_groups
+    ids = [id(p) for g in groups for p in g['params']]
+    assert len(ids) == len(set(ids))                                  # each tensor once
+    trained = dict(r.projected.named_trainable()) if arm == 'pc' else dict(r.model.named_parameters())
+    if arm == 'pc':
+        every = {f'proj.{n}': p for n, p in r.projected.proj.named_parameters()}
+        every.update({f'gpt.{n}': p for n, p in r.model.named_parameters() if p.dim() < 2})
+        assert trained == every and all(not b.requires_grad for b in r.projected.proj.buffers())
+    assert set(ids) == {id(p) for p in trained.values()}
+    def wanted(name, p):
+        if p.dim() < 2:
+            return decay_vectors
+        return decay_projections or not name.endswith(('p_in', 'p_out'))
+    decayed = {id(p) for g in groups if g['weight_decay'] == 0.25 for p in g['params']}
+    assert all(g['weight_decay'] in (0.0, 0.25) for g in groups)
+    assert decayed == {id(p) for n, p in trained.items() if wanted(n, p)}
+    assert any(n.endswith('.r') for n in trained) == (arm == 'pc')
+
+
+@pytest.mark.parametrize('method', pc.METHODS)
+def test_both_arms_keep_the_same_dimensions(method, dataset, base_run, tmp_path):
+    """For every importance kind the two arms keep the same dimensions and start as the same model,
+    bit for bit."""
+    runs = {arm: setup_run(dataset, tmp_path / arm, **{**arm_overrides(arm, base_run), 'importance': method})
+            for arm in ('hpr', 'pc')}
+    for k in ('D', 'F'):
+        assert torch.equal(runs['hpr'].keep[k], runs['pc'].keep[k])
+    states_equal(runs['hpr'].model, runs['pc'].model)
+
+
+def test_learning_rate_schedule(dataset, tmp_path):
+    """Warmup from learning_rate/(warmup+1) at step 0 to learning_rate at step warmup_iters, then
+    cosine decay to exactly min_lr at the last step; the log records each step's rate."""
+    c = SimpleNamespace(learning_rate=1e-2, min_lr=1e-3, warmup_iters=3)
+    total = 10
+    lrs = [train.lr_at(i, c, total) for i in range(total)]
+    assert lrs[0] == pytest.approx(1e-2 / 4) and lrs[2] == pytest.approx(3e-2 / 4)
+    assert lrs[3] == pytest.approx(1e-2, abs=1e-15) and lrs[-1] == pytest.approx(1e-3, abs=1e-15)
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:]))               # decays every step after warmup
+    assert lrs[6] == pytest.approx(1e-3 + 0.5 * (1 + math.cos(math.pi * 3 / 6)) * 9e-3)
+    recs = by_iter(records(train_job(make_cfg(dataset, tmp_path, arm='base', max_iters=total, eval_interval=100,
+                                              warmup_iters=3, learning_rate=1e-2, min_lr=1e-3))['out_dir']), 'train')
+    assert [recs[i + 1]['lr'] for i in range(total)] == lrs
+
+
+def test_clip_covers_every_trained_tensor(dataset, base_run, tmp_path, monkeypatch):
+    """The clipped norm is torch's, over every tensor the arm trains (PC: P, R and vectors), and
+    clipping scales all of them; with one process clip_gradients is clip_grad_norm_ bit for bit."""
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(4)]
+    for p in ps:
+        p.grad = torch.randn_like(p) * 3
+    ref = [p.detach().clone().requires_grad_() for p in ps]
+    for a, b in zip(ref, ps):
+        a.grad = b.grad.clone()
+    total = torch.nn.utils.clip_grad_norm_(ref, 0.5)
+    train.clip_gradients(ps[:2], ps[2:], 0.5, world=1)
+    for a, b in zip(ref, ps):
+        assert torch.equal(a.grad, b.grad)
+    assert total > 0.5
+    seen = []
+    real = torch.nn.utils.clip_grads_with_norm_
+    def spy(params, max_norm, total_norm, *a, **k):
+        params = list(params)
+        seen.append(([id(p) for p in params], total_norm.item(),
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()))
+        return real(params, max_norm, total_norm, *a, **k)
+    monkeypatch.setattr(torch.nn.utils, 'clip_grads_with_norm_', spy)
+    r = setup_run(dataset, tmp_path, grad_clip=1e-3, **{**arm_overrides('pc', base_run), 'max_iters': 2})
+    r.projected.materialize()
+    train.train_step(r)
+    ids, total, recomputed = seen[-1]
+    assert sorted(ids) == sorted(id(p) for _, p in r.named) and total == pytest.approx(recomputed, rel=1e-6)
+    assert any(n.startswith('proj.') and n.endswith('p_in') for n, _ in r.named)
+
+
+def _magnitude_by_hand(model, scaled):
+    """Residual dims and MLP units scored from the weights, matrix by matrix, written out longhand."""
+    D, L = model.config.n_embd, model.config.n_layer
+    tr, dims, units = model.transformer, [], [torch.zeros(model.config.d_ff) for _ in range(L)]
+    col = lambda w: w.norm(dim=0)   # one norm per input dimension
+    row = lambda w: w.norm(dim=1)   # one norm per output dimension
+    norm = (lambda v: v / v.mean()) if scaled else (lambda v: v)
+    readers = [tr.wte.weight, tr.wpe.weight] + ([] if model.config.tie_embeddings else [model.lm_head.weight])
+    for l, blk in enumerate(tr.h):
+        qkv = blk.attn.c_attn.weight
+        readers += [qkv] if scaled else list(qkv.chunk(3, dim=0))
+        readers.append(blk.mlp.c_fc.weight)
+        units[l] += norm(row(blk.mlp.c_fc.weight)) + norm(col(blk.mlp.c_proj.weight))
+    writers = [m for blk in tr.h for m in (blk.attn.c_proj.weight, blk.mlp.c_proj.weight)]
+    dims = [norm(col(w)) for w in readers] + [norm(row(w)) for w in writers]
+    d = torch.stack(dims).sum(0) if scaled else torch.stack(dims).mean(0)
+    return d, torch.stack(units)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_magnitude_importance_by_hand(tied):
+    """magnitude is the mean over matrices of raw column (readers) and row (writers) norms, q, k
+    and v one by one, and MLP units the sum of their two norms; magnitude_scaled first scales each
+    matrix's norms to mean 1 and takes c_attn whole."""
+    m = tiny_gpt(11, tie_embeddings=tied)
+    with torch.no_grad():
+        m.transformer.h[0].attn.c_attn.weight[:32] *= 5           # queries larger than keys, values
+    for method, scaled in (('magnitude', False), ('magnitude_scaled', True)):
+        s = importance(m, method)
+        d, f = _magnitude_by_hand(m, scaled)
+        close(s['D'], d, rel=1e-6, what=method)
+        close(s['F'], f, rel=1e-6, what=method)
+    assert not torch.equal(select(importance(m, 'magnitude'), 16, 64)['D'],
+                           select(importance(m, 'magnitude_scaled'), 16, 64)['D'])
+
+
+def test_run_lengths_tokens_and_mfu(dataset, base_run, tmp_path):
+    """A run's length from max_tokens or tokens_per_param (rounded up to whole steps), the tokens and
+    epochs its records count, and MFU from peak_flops: the model's FLOPs per token times each
+    process's tokens per second over the peak."""
+    per_iter = TINY['batch_size'] * TINY['block_size'] * 2
+    s = run(dataset, tmp_path / 'tok', arm='base', grad_accum=2, max_tokens=5 * per_iter - 1, eval_interval=100,
+            peak_flops=1e9)
+    assert s['iters'] == 5 and s['tokens'] == 5 * per_iter
+    recs = by_iter(records(tmp_path / 'tok'), 'train')
+    n_model = gpt.param_counts(load_gpt(base_run['ckpt']).config)['total']
+    batches = train.Batches(dataset, 'train', TINY['block_size'], TINY['batch_size'], TINY['seed'])
+    per_epoch = batches.per_epoch
+    for i, r in recs.items():
+        assert r['tokens'] == i * per_iter and r['epochs'] == pytest.approx(2 * i / per_epoch, abs=1e-6)
+        flops = gpt.flops_per_token(load_gpt(os.path.join(tmp_path / 'tok', 'ckpt.pt')).config, TINY['block_size'])
+        assert r['mfu'] == pytest.approx(flops * r['tok_per_s_per_process'] / 1e9)
+        assert r['tok_per_s_per_process'] == r['tok_per_s']
+    s = run(dataset, tmp_path / 'tpp', arm='base', max_iters=0, tokens_per_param=0.02, eval_interval=100)
+    assert s['iters'] == math.ceil(0.02 * n_model / (per_iter // 2))
+
+
+def test_flops_per_token_by_hand():
+    """6 FLOPs per matrix weight (forward and backward) plus the attention scores, the head's matmul
+    included and the embedding lookups free."""
+    cfg = tiny_cfg(n_embd=40, n_head=4, head_dim=16, d_ff=72, tie_embeddings=True)
+    D, A, Fw, L = 40, 64, 72, 2
+    blocks = L * (2 * 2 * D + D * 3 * A + 3 * A + A * D + D + D * Fw + Fw + Fw * D + D)   # with biases, LNs
+    assert gpt.flops_per_token(cfg) == 6 * (blocks + V * D) + 12 * L * A * T
+    assert gpt.flops_per_token(cfg, seq_len=4) == 6 * (blocks + V * D) + 12 * L * A * 4
+    assert GPT(cfg).estimate_mfu(1000.0, 1e9) == pytest.approx(gpt.flops_per_token(cfg) * 1000 / 1e9)
+
+
+def test_resume_between_log_records(dataset, base_run, tmp_path):
+    """A checkpoint between two log records keeps the training losses not yet logged, so a resumed
+    run logs exactly what the uninterrupted run logs (here: log every 4 steps, checkpoints every 3)."""
+    over = dict(arm_overrides('pc', base_run), max_iters=8, eval_interval=3, log_interval=4)
+    run(dataset, tmp_path / 'a', **over)
+    run(dataset, tmp_path / 'b', stop_iter=3, **over)
+    run(dataset, tmp_path / 'b', init_from='resume', **over)
+    ra, rb = (by_iter(records(tmp_path / n), 'train') for n in ('a', 'b'))
+    assert sorted(ra) == sorted(rb) == [4, 8]
+    for i in ra:
+        assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
+
+
+def test_summary_describes_its_checkpoint(dataset, tmp_path):
+    """summary.json means 'finished': a fresh run into a finished run's folder removes it (and the
+    merged model) at once, so an interrupted rerun never leaves the old summary beside a new,
+    half-trained checkpoint; a finished run's summary names its checkpoint's iteration."""
+    out = tmp_path / 'again'
+    s = run(dataset, out, arm='base', max_iters=4, eval_interval=2)
+    assert json.load(open(out / 'summary.json'))['iters'] == s['iters'] == load_ckpt(out)['iter'] == 4
+    run(dataset, out, arm='base', max_iters=4, eval_interval=2, stop_iter=2)
+    assert not (out / 'summary.json').exists() and load_ckpt(out)['iter'] == 2
+
+
+def test_non_finite_weights_are_never_saved(dataset, tmp_path, monkeypatch):
+    """If a step leaves NaN in the weights while its loss was finite, the next checkpoint refuses to
+    replace the last good one, and says so."""
+    out = tmp_path / 'nanw'
+    real_step = torch.optim.AdamW.step
+    calls = {'n': 0}
+    def step(self, *a, **k):
+        out_ = real_step(self, *a, **k)
+        calls['n'] += 1
+        if calls['n'] == 3:                       # after step 3 (iterations 0, 1, 2 done)
+            with torch.no_grad():
+                self.param_groups[0]['params'][0].fill_(float('nan'))
+        return out_
+    monkeypatch.setattr(torch.optim.AdamW, 'step', step)
+    error_of(train_job, make_cfg(dataset, out, arm='base', max_iters=6, eval_interval=3),
+             match=r"non-finite weights at iter 3; .*ckpt\.pt is not replaced")
+    monkeypatch.undo()
+    ck = load_ckpt(out)
+    assert ck['iter'] == 0 and all(torch.isfinite(t).all() for t in ck['model'].values())
+
+
+def test_more_bad_settings(dataset, base_run, tmp_path):
+    """Impossible settings are refused with one line before any work, and nothing is written."""
+    out = tmp_path / 'refused'
+    go = lambda **kw: (lambda: train_job(make_cfg(dataset, out, **{'arm': 'base', 'max_iters': 2, **kw})))
+    for key, value, rule in (('grad_clip', -1.0, 'not be negative'), ('learning_rate', -1e-3, 'be positive'),
+                             ('beta1', 1.0, r'be in \[0, 1\)'), ('beta2', -0.1, r'be in \[0, 1\)'),
+                             ('dropout', 1.0, r'be in \[0, 1\)'), ('width_multiple', 0, 'be positive'),
+                             ('weight_decay', -0.1, 'not be negative'), ('warmup_iters', -1, 'not be negative'),
+                             ('distill_temperature', 0.0, 'be positive'), ('distill_alpha', 1.5, r'be in \[0, 1\]')):
+        error_of(go(**{key: value}), match=rf"^error: {key}={value} must {rule}")
+    for dev in ('gpu', 'mps', 'tpu'):
+        error_of(go(device=dev), match=rf"device='{dev}' is not supported; use auto, cpu or cuda")
+    error_of(go(importance='largest'), match=r"importance='largest' is not one of magnitude, magnitude_scaled")
+    error_of(go(min_lr=0.5, learning_rate=0.1), match=r"min_lr=0\.5 is above learning_rate=0\.1")
+    error_of(go(distill_alpha=0.5), match=r"distillation needs a teacher")
+    assert not out.exists()
+    afile = tmp_path / 'a_file'
+    afile.write_text('not a folder')
+    for target in (afile, afile / 'sub'):
+        error_of(lambda: train_job(make_cfg(dataset, target, arm='base', max_iters=2)),
+                 match=r"out_dir=.*a_file.* cannot be written: .*a_file is a file")
+
+
+def test_torn_log_line_on_resume(dataset, tmp_path):
+    """A kill in the middle of writing metrics.jsonl leaves half a line: the resume drops it and
+    logs that step again."""
+    out = tmp_path / 'torn'
+    run(dataset, out, arm='base', max_iters=6, eval_interval=3, stop_iter=3)
+    with open(out / 'metrics.jsonl', 'a') as f:
+        f.write('{"kind": "train", "iter": 4, "lo')
+    run(dataset, out, arm='base', max_iters=6, eval_interval=3, init_from='resume')
+    recs = records(out)
+    assert sorted(by_iter(recs, 'train')) == list(range(1, 7))
+
+
+def test_distillation(dataset, base_run, tmp_path, monkeypatch):
+    """distill_alpha=0 is the plain run bit for bit; the loss at alpha=1 is T^2 KL(teacher ||
+    student) whose gradient is autograd's; the teacher (the frozen base) never changes, and PC's
+    projections read its very tensors (no second copy)."""
+    torch.manual_seed(0)
+    s = torch.randn(3, 5, V, requires_grad=True)
+    t = torch.randn(3, 5, V)
+    T = 2.0
+    got = train.distilled(torch.tensor(7.0), s, t, 1.0, T)
+    p_t = torch.softmax(t / T, -1)
+    want = T * T * (p_t * (torch.log_softmax(t / T, -1) - torch.log_softmax(s / T, -1))).sum(-1).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    g1, = torch.autograd.grad(got, s)
+    g2, = torch.autograd.grad(want, s)
+    close(g1, g2, rel=1e-5)
+    assert train.distilled(torch.tensor(7.0), s, t, 0.0, T).item() == 7.0
+    mixed = train.distilled(torch.tensor(7.0), s, t, 0.25, T).item()
+    assert mixed == pytest.approx(0.75 * 7.0 + 0.25 * want.item(), rel=1e-6)
+
+    over = dict(arm_overrides('pc', base_run), max_iters=3, eval_interval=3)
+    plain, zero = tmp_path / 'plain', tmp_path / 'zero'
+    run(dataset, plain, **over)
+    run(dataset, zero, distill_alpha=0.0, distill_temperature=3.0, **over)
+    assert [r.get('loss') for r in records(plain)] == [r.get('loss') for r in records(zero)]
+    for arm in ('pc', 'hpr'):
+        r = setup_run(dataset, tmp_path / f'd_{arm}', distill_alpha=0.5, distill_temperature=2.0,
+                      **{**arm_overrides(arm, base_run), 'max_iters': 3})
+        before = {k: v.clone() for k, v in r.teacher.state_dict().items()}
+        assert not r.teacher.training and not any(p.requires_grad for p in r.teacher.parameters())
+        if arm == 'pc':
+            teacher = dict(r.teacher.named_parameters())
+            assert all(proj.weight.data_ptr() == teacher[n].data_ptr() for n, proj in r.projected.projections())
+            r.projected.materialize()
+        for _ in range(3):
+            train.train_step(r)
+            if arm == 'pc':
+                r.projected.materialize()
+        for k, v in r.teacher.state_dict().items():
+            assert torch.equal(v, before[k]), k
+        assert states_equal(r.teacher, load_gpt(base_run['ckpt'])) is None
+
+
 # ------------------------------------------------------------------------------------ failures
 
 def test_non_finite_loss_stops_cleanly(dataset, tmp_path, monkeypatch):
@@ -1776,6 +2085,19 @@ def test_bench_quick(tmp_path):
     for h in MD_HEADERS:
         assert h in md, h
     assert positive(on_disk['meta']['wall_s'])
+
+
+def test_saved_graph_bytes_is_deterministic():
+    """bench's saved-graph bytes are the intermediates autograd keeps, every call the same, and
+    they are what the on-paper model counts (a freed W_c's address reused by a new intermediate
+    once made them vary from call to call)."""
+    base_cfg = gpt.GPTConfig(**bench.QUICK)
+    small, _ = compressed_config(base_cfg, 0.5)
+    torch.manual_seed(0)
+    base = GPT(base_cfg)
+    model = ProjectedGPT(base, select(importance(base, 'magnitude'), small.n_embd, small.d_ff))
+    sizes = {bench.saved_graph_bytes(model) for _ in range(8)}
+    assert sizes == {bench.static_memory(base_cfg, small)['pc_parts']['saved_projection_graph']}
 
 
 def test_projection_flops_by_hand():

@@ -15,6 +15,7 @@ so a 2-process run trains on exactly the data of a 1-process run with the same
 global batch. The position in the stream goes in the checkpoint so a resumed run
 continues exactly where it stopped.
 """
+import hashlib
 import json
 import os
 
@@ -68,7 +69,10 @@ def open_dataset(data_dir, split):
     if not entries:
         raise SystemExit(f"error: {data_dir}/meta.json lists no '{split}' shards: {rerun}")
     shards = []
-    for e in entries:
+    for i, e in enumerate(entries):
+        if not (isinstance(e, dict) and isinstance(e.get("file"), str) and isinstance(e.get("tokens"), int)):
+            raise SystemExit(f"error: {data_dir}/meta.json: '{split}' entry {i} has no file name and token "
+                             f"count: {rerun}")
         path = os.path.join(data_dir, e["file"])
         if not os.path.exists(path):
             raise SystemExit(f"error: {path} is missing: {rerun}")
@@ -82,10 +86,13 @@ def open_dataset(data_dir, split):
         if nbytes == 0:
             continue  # nothing to sample from, and np.memmap can't map an empty file
         data = np.memmap(path, dtype=np.uint16, mode="r")
-        # a wrong tokenizer or a corrupt file: scan small shards whole at open (a C4 shard, ~170M
-        # tokens, would cost seconds in every process; Batches checks every batch it draws instead)
+        # a wrong tokenizer or a corrupt file: scan and hash small shards whole at open (a C4 shard,
+        # ~170M tokens, would cost seconds in every process; Batches checks every batch it draws instead)
         if len(data) <= SCAN_TOKENS:
             check_ids(data, m["vocab_size"], path, rerun)
+            if e.get("sha256") and hashlib.sha256(data.tobytes()).hexdigest() != e["sha256"]:
+                raise SystemExit(f"error: {path} does not match the sha256 in meta.json (changed or "
+                                 f"corrupt): delete it and {rerun}")
         shards.append(data)
     return shards
 

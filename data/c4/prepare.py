@@ -76,8 +76,11 @@ def tokenize(job):
 
     try:
         with gzip.open(gz, "rt", encoding="utf-8") as lines, open(path + ".tmp", "wb") as f:
-            for line in lines:  # {"text": ..., "timestamp": ..., "url": ...}
-                buf.extend(enc.encode_ordinary(json.loads(line)["text"]))
+            for n, line in enumerate(lines, 1):  # {"text": ..., "timestamp": ..., "url": ...}
+                text = json.loads(line)["text"]
+                if not isinstance(text, str):
+                    raise ValueError(f"line {n}: 'text' is a {type(text).__name__}, not a string")
+                buf.extend(enc.encode_ordinary(text))
                 buf.append(enc.eot_token)
                 docs += 1
                 if len(buf) >= FLUSH:

@@ -1,0 +1,191 @@
+"""
+Seeded faults: does the test suite notice when the code breaks?
+
+Each mutant is one small change to one place in the code (a comparison flipped, an operator or a
+constant changed, a condition negated, a statement or a check removed), made in a copy of the
+repository; the suite runs against it (`python -m pytest -x -q test_pc.py`) and the mutant is
+*caught* if the suite fails (or runs past the timeout). A fault the suite misses is a missing test
+(or, now and then, a change that cannot alter behaviour, which the report lets you judge).
+
+    python mutate.py                          # 100 mutants sampled from the default files, 2 at a time
+    python mutate.py --n=30 --files=pc.py     # a quick look at one file
+    python mutate.py --list                   # every candidate, without running anything
+
+Prints one line per mutant and the score; writes out/mutate/report.json.
+"""
+import argparse
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FILES = ['pc.py', 'train.py', 'compare.py', 'gpt.py', 'data/loader.py', 'data/tokenizer.py',
+         'data/c4/prepare.py', 'data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py']
+SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+        ast.NotEq: ast.Eq, ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
+        ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.And: ast.Or, ast.Or: ast.And,
+        ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+
+
+def docstrings(tree):
+    """The string constants that are docstrings (never mutated)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body and \
+                isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
+            out.add(id(node.body[0].value))
+    return out
+
+
+def candidates(path):
+    """(line, end_line, col, end_col, replacement, description) for every mutant of one file."""
+    source = open(os.path.join(HERE, path)).read()
+    tree = ast.parse(source)
+    skip = docstrings(tree)
+    lines = source.splitlines(keepends=True)
+    out = []
+
+    def expr(node, new, what):
+        out.append((node.lineno, node.end_lineno, node.col_offset, node.end_col_offset,
+                    '(' + ast.unparse(new) + ')', what))
+
+    def stmt(node, what):   # the whole statement becomes `pass`, same indentation
+        out.append((node.lineno, node.end_lineno, node.col_offset, node.end_col_offset, 'pass', what))
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in SWAP:
+            new = ast.Compare(node.left, [SWAP[type(node.ops[0])]()], node.comparators)
+            expr(node, new, f"{type(node.ops[0]).__name__} -> {SWAP[type(node.ops[0])].__name__}")
+        elif isinstance(node, ast.BinOp) and type(node.op) in SWAP and not any(   # not string building
+                isinstance(x, ast.JoinedStr) or isinstance(x, ast.Constant) and isinstance(x.value, str)
+                for x in (node.left, node.right)):
+            expr(node, ast.BinOp(node.left, SWAP[type(node.op)](), node.right),
+                 f"{type(node.op).__name__} -> {SWAP[type(node.op)].__name__}")
+        elif isinstance(node, ast.BoolOp):
+            expr(node, ast.BoolOp(SWAP[type(node.op)](), node.values),
+                 f"{type(node.op).__name__} -> {SWAP[type(node.op)].__name__}")
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            expr(node, node.operand, "not x -> x")
+        elif isinstance(node, ast.Constant) and id(node) not in skip and not isinstance(node.value, str) \
+                and node.value is not None and not isinstance(node.value, bytes):
+            v = node.value
+            new = (not v) if isinstance(v, bool) else v + 1 if isinstance(v, int) else v * 2 if v else 1.0
+            expr(node, ast.Constant(new), f"{v!r} -> {new!r}")
+        elif isinstance(node, (ast.If, ast.While)):
+            new = ast.UnaryOp(ast.Not(), node.test)
+            t = node.test
+            out.append((t.lineno, t.end_lineno, t.col_offset, t.end_col_offset,
+                        '(' + ast.unparse(new) + ')', "condition negated"))
+            if any(isinstance(s, ast.Raise) for s in node.body) and not node.orelse:
+                stmt(node, "check removed")
+        if isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign, ast.Return, ast.Raise)) and \
+                not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            first = lines[node.lineno - 1]
+            if first[:node.col_offset].strip() == '':   # a statement on its own line(s)
+                stmt(node, "statement removed")
+    return [(path, *c) for c in out]
+
+
+def apply(source, line, end_line, col, end_col, replacement):
+    lines = source.splitlines(keepends=True)
+    head = lines[line - 1][:col]
+    tail = lines[end_line - 1][end_col:]
+    if replacement == 'pass' and tail.strip() == '':
+        tail = '\n'
+    return ''.join(lines[:line - 1]) + head + replacement + tail + ''.join(lines[end_line:])
+
+
+def run_mutant(mutant, workdir, timeout):
+    path, line, end_line, col, end_col, replacement, what = mutant
+    target = os.path.join(workdir, path)
+    original = open(target).read()
+    mutated = apply(original, line, end_line, col, end_col, replacement)
+    try:
+        compile(mutated, path, 'exec')
+    except SyntaxError:
+        return 'invalid', 0.0
+    with open(target, 'w') as f:
+        f.write(mutated)
+    t0 = time.time()
+    try:
+        proc = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
+                               'test_pc.py'], cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS='1'))
+        verdict = 'survived' if proc.returncode == 0 else 'caught'
+    except subprocess.TimeoutExpired:
+        verdict = 'caught (timeout)'
+    finally:
+        with open(target, 'w') as f:
+            f.write(original)
+    return verdict, time.time() - t0
+
+
+def copy_repo(dst):
+    ignore = shutil.ignore_patterns('out*', '.git', '__pycache__', '*.bin', 'meta.json', 'raw', '.ipynb_checkpoints')
+    shutil.copytree(HERE, dst, ignore=ignore)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--n', type=int, default=100, help="mutants to run, sampled from all candidates")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--files', default=','.join(FILES), help="comma-separated files to mutate")
+    p.add_argument('--jobs', type=int, default=2, help="mutants tested at once (each its own copy)")
+    p.add_argument('--timeout', type=int, default=600, help="seconds before a mutant's suite counts as failing")
+    p.add_argument('--list', action='store_true', help="print every candidate and stop")
+    p.add_argument('--out', default=os.path.join(HERE, 'out', 'mutate'))
+    p.error = lambda msg: sys.exit(f"error: {msg} (see --help)")
+    args = p.parse_args(argv)
+    files = [f for f in args.files.split(',') if f]
+    missing = [f for f in files if not os.path.isfile(os.path.join(HERE, f))]
+    if missing:
+        raise SystemExit(f"error: {missing[0]} is not a file of this repository")
+    pool = [c for f in files for c in candidates(f)]
+    if args.list:
+        for c in pool:
+            print(f"{c[0]}:{c[1]}  {c[6]}")
+        print(f"{len(pool)} candidates")
+        return None
+    chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
+    workdirs = []
+    tmp = tempfile.mkdtemp(prefix='mutate-')
+    for j in range(args.jobs):
+        copy_repo(os.path.join(tmp, f'repo{j}'))
+        workdirs.append(os.path.join(tmp, f'repo{j}'))
+    free = list(workdirs)
+    results = []
+
+    def one(m):
+        wd = free.pop()
+        try:
+            verdict, secs = run_mutant(m, wd, args.timeout)
+        finally:
+            free.append(wd)
+        line = open(os.path.join(HERE, m[0])).read().splitlines()[m[1] - 1].strip()
+        results.append(dict(file=m[0], line=m[1], change=m[6], code=line, verdict=verdict, seconds=round(secs, 1)))
+        print(f"{verdict:16s} {m[0]}:{m[1]} {m[6]}: {line[:90]}", flush=True)
+
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as ex:
+        list(ex.map(one, chosen))
+    shutil.rmtree(tmp, ignore_errors=True)
+    valid = [r for r in results if r['verdict'] != 'invalid']
+    caught = [r for r in valid if r['verdict'].startswith('caught')]
+    score = len(caught) / max(1, len(valid))
+    print(f"\n{len(caught)} of {len(valid)} mutants caught ({100 * score:.1f}%), "
+          f"{len(results) - len(valid)} invalid, in {time.time() - t0:.0f} s")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, 'report.json'), 'w') as f:
+        json.dump(dict(args=vars(args), score=score, results=results), f, indent=1)
+    return score
+
+
+if __name__ == '__main__':
+    main()
