@@ -461,8 +461,10 @@ def _weight_files(folder):
 
 
 def load_pretrained(name_or_dir, dropout=0.0):
-    """(GPT, info) from a folder in Hugging Face's GPT-2 layout (or one written by save_pretrained)
-    or a pretrained name: gpt2, gpt2-medium, gpt2-large, gpt2-xl. info as load_base gives it."""
+    """(GPT, where) from a folder in Hugging Face's GPT-2 layout (or one written by save_pretrained)
+    or a pretrained name: gpt2, gpt2-medium, gpt2-large, gpt2-xl. where = dict(source=the folder's
+    absolute path, files=its weight files, tokenizer=as load_base gives it); no hashing here, so
+    sampling from gpt2-xl does not read its 6 GB twice (load_base hashes)."""
     if os.path.isdir(name_or_dir):
         folder = name_or_dir
     elif name_or_dir in PRETRAINED:
@@ -502,7 +504,7 @@ def load_pretrained(name_or_dir, dropout=0.0):
     tokenizer = conf.get('tokenizer')
     if not isinstance(tokenizer, dict):   # a GPT-2 from elsewhere: its vocabulary says which
         tokenizer = {'tokenizer': 'gpt2'} if cfg.vocab_size == GPT2_VOCAB else {}
-    return model, dict(source=os.path.abspath(folder), sha256=file_sha256(*files), tokenizer=tokenizer)
+    return model, dict(source=os.path.abspath(folder), files=files, tokenizer=tokenizer)
 
 
 def load_base(spec, map_location='cpu'):
@@ -521,8 +523,9 @@ def load_base(spec, map_location='cpu'):
     if not os.path.isdir(spec) and spec not in PRETRAINED:
         raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
                          f"model.safetensors) or pretrained name ({', '.join(PRETRAINED)})")
-    model, info = load_pretrained(spec)
-    return model.to(map_location), info
+    model, where = load_pretrained(spec)
+    return model.to(map_location), dict(source=where['source'], sha256=file_sha256(*where['files']),
+                                        tokenizer=where['tokenizer'])
 
 
 if __name__ == '__main__':

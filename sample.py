@@ -70,8 +70,11 @@ def load(init_from, device='cpu'):
         else:
             model = gpt.gpt_from_checkpoint(ckpt, init_from)
         return model, ckpt.get('tokenizer', {})
-    model, info = gpt.load_base(init_from, device)
-    return model, info['tokenizer']
+    if not os.path.isdir(init_from) and init_from not in gpt.PRETRAINED:
+        raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
+                         f"pretrained name ({', '.join(gpt.PRETRAINED)})")
+    model, where = gpt.load_pretrained(init_from)   # a model folder or a pretrained name
+    return model, where['tokenizer']
 
 
 def codec(tokenizer, where):

@@ -2107,6 +2107,8 @@ def test_sample_bad_inputs(tmp_path):
     error_of(run_sample, ok, '--temperature=0', match=r"--temperature=0\.0 must be positive")
     error_of(run_sample, match=r"give --init_from=")
     error_of(run_sample, f'--init_from={tmp_path / "nope.pt"}', match=r"does not exist")
+    error_of(run_sample, '--init_from=gpt-5', match=r"--init_from=gpt-5 is no checkpoint \(\.pt\), model folder "
+             r"or pretrained name \(gpt2, gpt2-medium, gpt2-large, gpt2-xl\)")
     m = tiny_gpt(18)
     save_atomic(gpt_checkpoint(m), str(tmp_path / 'old.pt'))   # from before checkpoints kept a tokenizer
     error_of(run_sample, f"--init_from={tmp_path / 'old.pt'}", match=r"does not say which tokenizer")
