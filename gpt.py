@@ -6,6 +6,10 @@ width `n_embd`, the attention width (`n_head` * `head_dim`) and the MLP hidden w
 ties them together (head_dim = n_embd / n_head, d_ff = 4 * n_embd), but a compressed model made by
 pc.py keeps the attention width of its base while its residual and MLP widths shrink, and it must
 still be an ordinary GPT that trains, samples and saves like any other.
+
+It reads train.py's checkpoints (load_gpt, load_base) and, with safetensors and huggingface_hub
+installed (requirements-pretrained.txt), OpenAI's GPT-2 and folders in Hugging Face's GPT-2 layout
+(GPT.from_pretrained), and writes that layout (GPT.save_pretrained).
 """
 import hashlib
 import importlib
@@ -478,7 +482,9 @@ def load_pretrained(name_or_dir, dropout=0.0):
         with open(os.path.join(folder, 'config.json')) as f:
             conf = json.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"error: {where} has no config.json: not a model folder in Hugging Face's layout")
+        runs = sorted(f for f in os.listdir(folder) if f.endswith('.pt'))   # a train.py run's folder?
+        raise SystemExit(f"error: {where} has no config.json: not a model folder in Hugging Face's layout"
+                         + (f"; for a checkpoint in it, pass the file ({', '.join(runs)})" if runs else ""))
     except ValueError as e:   # bad JSON or bad UTF-8
         raise SystemExit(f"error: {where}/config.json is not valid JSON ({type(e).__name__})")
     if not isinstance(conf, dict):
@@ -512,7 +518,8 @@ def load_base(spec, map_location='cpu'):
     model), a model folder (Hugging Face's GPT-2 layout, or written by save_pretrained) or a
     pretrained name (gpt2, gpt2-medium, gpt2-large, gpt2-xl).
     info = dict(source=absolute path of the .pt or folder the weights came from (for a name: its
-    folder in the Hub cache), sha256=of the weights file (the .pt or model.safetensors),
+    folder in the Hub cache), sha256=of the weights file (the .pt or model.safetensors;
+    shards: of their bytes in order),
     tokenizer={'tokenizer': 'char', 'chars': ...} or {'tokenizer': 'gpt2'}, {} when unknown)."""
     spec = str(spec)
     if os.path.isfile(spec) or spec.endswith('.pt'):

@@ -58,29 +58,30 @@ def parse_args(argv):
 
 
 def load(init_from, device='cpu'):
-    """(GPT, tokenizer dict) from anything sample.py takes (see the top of this file)."""
+    """(GPT, (encode, decode)) from anything sample.py takes (see the top of this file)."""
     if not init_from:
         raise SystemExit("error: give --init_from=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
                          "gpt2-large / gpt2-xl>")
     if os.path.isfile(init_from) or init_from.endswith('.pt'):
         ckpt = gpt.load_checkpoint(init_from, device)
+        coder = codec(ckpt.get('tokenizer', {}), f"'{init_from}'")   # before building any model
         if ckpt.get('kind', 'gpt') == 'pc':   # a PC run: rebuilt over its base, merged into a GPT
             import train
             model = train.load_projected(init_from, device).merge()
         else:
             model = gpt.gpt_from_checkpoint(ckpt, init_from)
-        return model, ckpt.get('tokenizer', {})
+        return model, coder
     if not os.path.isdir(init_from) and init_from not in gpt.PRETRAINED:
         raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
                          f"pretrained name ({', '.join(gpt.PRETRAINED)})")
     model, where = gpt.load_pretrained(init_from)   # a model folder or a pretrained name
-    return model, where['tokenizer']
+    return model, codec(where['tokenizer'], f"'{init_from}'")
 
 
 def codec(tokenizer, where):
-    """(encode, decode, vocabulary size) for a tokenizer dict as checkpoints carry it."""
+    """(encode, decode) for a tokenizer dict as checkpoints carry it."""
     kind = tokenizer.get('tokenizer')
-    if kind == 'char':
+    if kind == 'char' and isinstance(tokenizer.get('chars'), str):
         chars = tokenizer['chars']
         stoi = {c: i for i, c in enumerate(chars)}
 
@@ -92,12 +93,12 @@ def codec(tokenizer, where):
                                  f"training text")
             return [stoi[c] for c in text]
         # an id past the vocabulary (a model wider than its data) prints as U+FFFD
-        return encode, lambda ids: ''.join(chars[i] if i < len(chars) else '\ufffd' for i in ids), len(chars)
+        return encode, lambda ids: ''.join(chars[i] if i < len(chars) else '\ufffd' for i in ids)
     if kind == 'gpt2':
         from data.tokenizer import gpt2
         enc = gpt2()
         encode = lambda text: enc.encode(text, allowed_special={'<|endoftext|>'}) if text else [enc.eot_token]
-        return encode, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab]), enc.n_vocab
+        return encode, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab])
     raise SystemExit(f"error: {where} does not say which tokenizer it was trained with (a checkpoint from "
                      f"before checkpoints kept it, or from a dataset whose meta.json names none); "
                      f"train it again with the current train.py")
@@ -122,8 +123,7 @@ def sample(cfg):
         except (OSError, UnicodeDecodeError) as e:
             raise SystemExit(f"error: could not read the prompt file '{start[5:]}' ({type(e).__name__})")
 
-    model, tokenizer = load(cfg['init_from'], device)
-    encode, decode, _ = codec(tokenizer, f"'{cfg['init_from']}'")
+    model, (encode, decode) = load(cfg['init_from'], device)
     ids = encode(start)
     if not ids:
         raise SystemExit("error: --start is empty; give the model some text to continue, e.g. --start='\\n'")

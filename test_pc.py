@@ -35,8 +35,10 @@ import compare
 import data.c4.prepare as c4_prep
 import data.shakespeare.prepare as bpe_prep
 import data.shakespeare_char.prepare as char_prep
+import export
 import gpt
 import pc
+import sample
 import train
 from data import tokenizer
 from data.loader import Batches, fixed_batches, meta, open_dataset
@@ -1799,9 +1801,6 @@ def test_notebook_runs_with_tiny_settings(tmp_path, monkeypatch):
 # Offline throughout: a "pretrained" GPT-2 is a small random transformers.GPT2LMHeadModel saved with
 # save_pretrained; Hub names are checked with huggingface_hub's own offline mode and a stand-in
 # download. transformers takes seconds to import: only the tests that compare with it import it.
-import export
-import sample
-
 os.environ.setdefault('HF_HUB_OFFLINE', '1')   # these tests never reach the Hub, on any machine
 
 
@@ -1931,6 +1930,8 @@ def test_pretrained_bad_folders(tmp_path, monkeypatch):
     llama = variant('llama', lambda c: c.update(model_type='llama'))
     error_of(GPT.from_pretrained, llama, match=r"holds a model_type='llama' model; gpt\.py reads GPT-2")
     error_of(GPT.from_pretrained, variant('noconf', drop=['config.json']), match=r"has no config\.json")
+    (tmp_path / 'noconf' / 'ckpt.pt').write_bytes(b'')
+    error_of(GPT.from_pretrained, str(tmp_path / 'noconf'), match=r"has no config\.json.*pass the file \(ckpt\.pt\)")
     bad = variant('badjson')
     (tmp_path / 'badjson' / 'config.json').write_text('{"model_type": "gpt2",')
     error_of(GPT.from_pretrained, bad, match=r"config\.json is not valid JSON")
