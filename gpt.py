@@ -535,6 +535,22 @@ def load_base(spec, map_location='cpu'):
                                         tokenizer=where['tokenizer'])
 
 
+
+def base_sha256(spec):
+    """What load_base(spec) gives as info['sha256'], without building the model: a cheap check that
+    a base has not changed (a name is resolved in the Hub cache, downloaded only if missing)."""
+    spec = str(spec)
+    if os.path.isfile(spec) or spec.endswith('.pt'):
+        if not os.path.isfile(spec):
+            raise SystemExit(f"error: checkpoint '{spec}' does not exist")
+        return file_sha256(spec)
+    if os.path.isdir(spec):
+        return file_sha256(*_weight_files(spec))
+    if spec in PRETRAINED:
+        return file_sha256(*_weight_files(_download(spec)))
+    raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
+                     f"model.safetensors) or pretrained name ({', '.join(PRETRAINED)})")
+
 if __name__ == '__main__':
     # python gpt.py: the parameter counts of the paper's presets, as quoted in the README
     print('| preset | head | total | non-embedding | blocks | token emb. | position emb. | lm_head |')

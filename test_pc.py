@@ -1848,6 +1848,7 @@ def test_from_pretrained_matches_transformers(tmp_path, tied):
     same_function(m, hf, x)
     m2, info = gpt.load_base(str(tmp_path / 'hf'))
     states_equal(m2, m)
+    assert gpt.base_sha256(str(tmp_path / 'hf')) == info['sha256']
     weights = tmp_path / 'hf' / 'model.safetensors'
     assert info == dict(source=str(tmp_path / 'hf'), sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
                         tokenizer={})   # a 64-token vocabulary: not GPT-2's, so unknown
@@ -1873,11 +1874,15 @@ def test_from_pretrained_openai_and_sharded_layouts(tmp_path):
     save_file(state, str(openai / 'model.safetensors'))
     m, info = gpt.load_base(str(openai))
     states_equal(m, ref)
+    assert gpt.base_sha256(str(openai)) == info['sha256']
     assert info['tokenizer'] == {'tokenizer': 'gpt2'}
     hf.save_pretrained(str(tmp_path / 'sharded'), max_shard_size='200KB')
     assert len(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors'))) > 1
     assert not (tmp_path / 'sharded' / 'model.safetensors').exists()
     states_equal(GPT.from_pretrained(str(tmp_path / 'sharded')), ref)
+    shards = sorted(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors')))
+    assert gpt.load_base(str(tmp_path / 'sharded'))[1]['sha256'] == gpt.file_sha256(*shards) == \
+        hashlib.sha256(b''.join(open(p, 'rb').read() for p in shards)).hexdigest()
 
 
 def test_pretrained_names(tmp_path, monkeypatch):
@@ -1896,8 +1901,9 @@ def test_pretrained_names(tmp_path, monkeypatch):
     m, info = gpt.load_base('gpt2-medium')
     assert asked[0][0] == 'openai-community/gpt2-medium' and 'model.safetensors' in asked[0][1]
     assert info['source'] == str(tmp_path / 'snapshot')
+    assert gpt.base_sha256('gpt2-medium') == info['sha256']
     states_equal(GPT.from_pretrained('gpt2-xl'), m)
-    assert asked[1][0] == 'openai-community/gpt2-xl'
+    assert asked[2][0] == 'openai-community/gpt2-xl'
     monkeypatch.undo()
 
     # the real download, offline and with an empty cache
@@ -1908,6 +1914,8 @@ def test_pretrained_names(tmp_path, monkeypatch):
     error_of(GPT.from_pretrained, 'gpt3', match=r"'gpt3' is neither a model folder .* nor a pretrained "
              r"name \(gpt2, gpt2-medium, gpt2-large, gpt2-xl\)")
     error_of(gpt.load_base, 'gpt3', match=r"'gpt3' is no checkpoint \(\.pt\), model folder")
+    error_of(gpt.base_sha256, 'gpt3', match=r"'gpt3' is no checkpoint \(\.pt\), model folder")
+    error_of(gpt.base_sha256, 'gpt2', match=r"could not get gpt2 from the Hugging Face Hub")
     error_of(gpt.load_base, str(tmp_path / 'nope.pt'), match=r"checkpoint '.*nope\.pt' does not exist")
 
 
@@ -2012,6 +2020,11 @@ def test_export_command(tmp_path, capsys):
     save_atomic(gpt_checkpoint(m, tokenizer={'tokenizer': 'char', 'chars': chars}), str(tmp_path / 'merged.pt'))
     export.main([str(tmp_path / 'merged.pt'), str(tmp_path / 'out')])
     assert 'attention width 32 differs from n_embd=24' in capsys.readouterr().out
+    m_pt, info_pt = gpt.load_base(str(tmp_path / 'merged.pt'))
+    states_equal(m_pt, m)
+    assert info_pt == dict(source=str(tmp_path / 'merged.pt'), tokenizer={'tokenizer': 'char', 'chars': chars},
+                           sha256=hashlib.sha256((tmp_path / 'merged.pt').read_bytes()).hexdigest())
+    assert gpt.base_sha256(str(tmp_path / 'merged.pt')) == info_pt['sha256']
     back, info = gpt.load_base(str(tmp_path / 'out'))
     states_equal(back, m)
     assert info['tokenizer']['chars'] == chars
