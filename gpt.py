@@ -6,7 +6,14 @@ width `n_embd`, the attention width (`n_head` * `head_dim`) and the MLP hidden w
 ties them together (head_dim = n_embd / n_head, d_ff = 4 * n_embd), but a compressed model made by
 pc.py keeps the attention width of its base while its residual and MLP widths shrink, and it must
 still be an ordinary GPT that trains, samples and saves like any other.
+
+It reads train.py's checkpoints (load_gpt, load_base) and, with safetensors and huggingface_hub
+installed (requirements-pretrained.txt), OpenAI's GPT-2 and folders in Hugging Face's GPT-2 layout
+(GPT.from_pretrained), and writes that layout (GPT.save_pretrained).
 """
+import hashlib
+import importlib
+import json
 import math
 import os
 from dataclasses import dataclass, asdict
@@ -30,16 +37,27 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.head_dim == 0 and self.n_head > self.n_embd:
-            raise SystemExit(f"error: n_head={self.n_head} is larger than n_embd={self.n_embd}: use fewer "
-                             f"heads or set head_dim")
+        # checked here, once, so that every way of building a model (train.py, a checkpoint, a
+        # pretrained folder, pc.py) refuses a shape it cannot run instead of truncating it
+        if not 0 <= self.dropout < 1:
+            raise SystemExit(f"error: model config dropout={self.dropout} must be in [0, 1)")
+        for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
+            if getattr(self, k) <= 0:
+                raise SystemExit(f"error: model config {k}={getattr(self, k)} must be positive")
+        for k in ('head_dim', 'd_ff'):   # 0 means "GPT-2's rule" (below)
+            if getattr(self, k) < 0:
+                raise SystemExit(f"error: model config {k}={getattr(self, k)} must be positive "
+                                 f"(or 0 for GPT-2's rule)")
         if self.head_dim == 0:
+            if self.n_head > self.n_embd:
+                raise SystemExit(f"error: n_head={self.n_head} is larger than n_embd={self.n_embd}: "
+                                 f"use fewer heads or set head_dim")
+            if self.n_embd % self.n_head:   # n_embd // n_head would silently drop the remainder
+                raise SystemExit(f"error: n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
+                                 f"choose n_head dividing n_embd, or set head_dim")
             self.head_dim = self.n_embd // self.n_head
         if self.d_ff == 0:
             self.d_ff = 4 * self.n_embd
-        for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'head_dim', 'd_ff'):
-            if getattr(self, k) <= 0:
-                raise SystemExit(f"error: model config {k}={getattr(self, k)} must be positive")
 
 
 # The paper's two bases. Section 4.1 gives their layers and heads (16/16 and 24/24) and their names;
@@ -179,16 +197,56 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        for _ in range(max_new_tokens):
-            idx_cond = idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('inf')
-            idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, idx_next), dim=1)
+        """Append max_new_tokens sampled tokens to idx (B, T). Samples in eval mode (no dropout),
+        then gives every submodule back the mode the caller had it in."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            for _ in range(max_new_tokens):
+                idx_cond = idx[:, -self.config.block_size:]
+                logits, _ = self(idx_cond)
+                logits = logits[:, -1, :] / temperature
+                if top_k is not None:
+                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                    logits[logits < v[:, [-1]]] = -float('inf')
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+                idx = torch.cat((idx, idx_next), dim=1)
+        finally:
+            for m, training in modes:
+                m.training = training
         return idx
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dropout=0.0):
+        """OpenAI's GPT-2 by name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: from the Hugging Face
+        Hub, cached) or a local folder in Hugging Face's GPT-2 layout (config.json +
+        model.safetensors), as transformers and save_pretrained write it."""
+        return load_pretrained(name_or_dir, dropout)[0]
+
+    def save_pretrained(self, out_dir, tokenizer=None):
+        """Write out_dir/model.safetensors and out_dir/config.json (each atomically) in Hugging
+        Face's GPT-2 layout; from_pretrained reads them back bit for bit. When the widths fit
+        transformers' GPT-2 (attention width = n_embd, biases), the folder also loads in
+        transformers' GPT2LMHeadModel; otherwise its model_type is gpt.py's own, which transformers
+        refuses. `tokenizer` is kept in config.json: {'tokenizer': 'char', 'chars': ...} or
+        {'tokenizer': 'gpt2'}."""
+        st = _optional('safetensors.torch')
+        tensors = {}
+        for name, t in self.state_dict().items():
+            if name == 'lm_head.weight' and self.config.tie_embeddings:
+                continue   # one tensor, stored once under its embedding's name, as transformers does
+            t = t.detach().cpu()
+            tensors[name] = (t.t() if name.endswith(CONV1D) else t).contiguous()
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"error: could not create {out_dir} ({e.strerror or e}); write to another folder")
+        # as bytes, written by write_atomic: a full disk is then an OSError like any other
+        weights = st.save(tensors, metadata={'format': 'pt'})
+        write_atomic(os.path.join(out_dir, 'model.safetensors'), lambda f: f.write(weights))
+        text = json.dumps(hf_config(self.config, tokenizer), indent=2) + '\n'
+        write_atomic(os.path.join(out_dir, 'config.json'), lambda f: f.write(text.encode()))
+        return out_dir
 
     def estimate_mfu(self, tokens_per_sec, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
@@ -206,6 +264,9 @@ def adamw(named_params, lr, weight_decay, betas, device_type, decays=lambda name
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
+# ------------------------------------------------------------------------------------------------
+# Checkpoints written by train.py: torch.save of a dict, read with weights_only=True
+
 def load_checkpoint(path, map_location='cpu'):
     """Read a checkpoint written by train.py, with one clear line for the usual mistakes."""
     if not os.path.isfile(path):
@@ -221,22 +282,75 @@ def load_checkpoint(path, map_location='cpu'):
     return ckpt
 
 
-def load_gpt(path, map_location='cpu'):
-    """A plain GPT from a train.py checkpoint (a base, an HPR run, or a merged PC model)."""
-    ckpt = load_checkpoint(path, map_location)
-    if ckpt.get('kind', 'gpt') != 'gpt':
-        raise SystemExit(f"error: '{path}' is a {ckpt['kind']} training checkpoint, not a GPT; "
-                         f"load the merged model written next to it")
-    model = GPT(GPTConfig(**ckpt['model_args']))
-    model.load_state_dict(ckpt['model'])
+def gpt_from_state(cfg, state, where):
+    """The GPT of `cfg` holding exactly the tensors of `state` (torch names and layout), on their
+    device. Built on the meta device, so a big model is neither randomly initialised nor held
+    twice; a state that does not fit the config is one line naming the first tensors that differ."""
+    with torch.device('meta'):
+        model = GPT(cfg)
+    want = {k: v.shape for k, v in model.state_dict().items()}
+    problems = ([f"missing {k}" for k in sorted(want.keys() - state.keys())] +
+                [f"unexpected {k}" for k in sorted(state.keys() - want.keys())] +
+                [f"{k} is {tuple(state[k].shape)}, not {tuple(want[k])}" for k in sorted(want.keys() & state.keys())
+                 if state[k].shape != want[k]])
+    if problems:
+        raise SystemExit(f"error: the weights of {where} do not fit its config: "
+                         f"{'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}")
+    model.load_state_dict(state, assign=True)
+    if cfg.tie_embeddings:   # assign made lm_head its own Parameter: tie it again
+        model.lm_head.weight = model.transformer.wte.weight
     return model
 
 
+def gpt_from_checkpoint(ckpt, path):
+    """The plain GPT in a checkpoint dict read by load_checkpoint (a base, HPR or merged model)."""
+    if ckpt.get('kind', 'gpt') != 'gpt':
+        merged = os.path.join(os.path.dirname(path), 'merged.pt')
+        raise SystemExit(f"error: '{path}' is a {ckpt['kind']} training checkpoint, not a GPT; "
+                         f"load the merged model written next to it ({merged})")
+    return gpt_from_state(GPTConfig(**ckpt['model_args']), ckpt['model'], f"'{path}'")
+
+
+def load_gpt(path, map_location='cpu'):
+    """A plain GPT from a train.py checkpoint (a base, an HPR run, or a merged PC model)."""
+    return gpt_from_checkpoint(load_checkpoint(path, map_location), path)
+
+
+def write_atomic(path, write):
+    """Call write(f) on a temporary file beside `path`, make it durable, then rename it over `path`.
+    A crash, a power loss or a full disk at any point leaves the previous file as it was: the
+    rename happens only once the bytes are on disk, and the temporary file is removed on failure."""
+    tmp = f"{path}.{os.getpid()}.tmp"   # unique to this writer: two processes never share one
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())         # data on disk before any name points at it
+        os.replace(tmp, path)
+    except BaseException as e:           # Ctrl-C included: never leave a stray temporary file
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):       # full disk, read-only or missing folder, permissions
+            raise SystemExit(f"error: could not write {path} ({e.strerror or e}); free some disk space "
+                             f"or write to another folder (the previous file, if any, is unchanged)")
+        raise
+    if os.name == 'posix':               # make the rename itself durable
+        try:
+            fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:                  # some file systems cannot sync a folder; the file is synced
+            pass
+
+
 def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash mid-save keeps the previous file."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through write_atomic: a crash or a full disk mid-save keeps the previous file.
+    (torch.save into a Python file, not a path: then a full disk is an OSError, not a RuntimeError.)"""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def gpt_checkpoint(model, **extra):
@@ -245,6 +359,197 @@ def gpt_checkpoint(model, **extra):
     raw = getattr(raw, '_orig_mod', raw)    # unwrap torch.compile
     return dict(kind='gpt', model_args=asdict(raw.config), model=raw.state_dict(), **extra)
 
+
+def file_sha256(*paths):
+    """sha256 of the files' bytes, in order (one file: its usual sha256)."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# Pretrained and exported models: Hugging Face's GPT-2 layout, a folder with config.json and
+# model.safetensors. Its tensor names are this file's (transformers saves "transformer.h.0.attn.
+# c_attn.weight"; OpenAI's files on the Hub leave out "transformer."), but its four Conv1D matrices
+# are stored (in, out), the transpose of nn.Linear's weight. safetensors and huggingface_hub are
+# imported only here, so training needs neither (requirements-pretrained.txt).
+
+PRETRAINED = {name: f'openai-community/{name}' for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
+CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# model_type of an export that transformers' GPT-2 class cannot hold (attention width != n_embd,
+# or no biases): an unknown type, so transformers refuses it instead of misreading it
+WIDTHS_MODEL_TYPE = 'gpt2_independent_widths'
+GPT2_VOCAB = 50257
+
+
+def hf_compatible(cfg):
+    """Whether transformers' GPT2LMHeadModel can hold this GPT: attention width = n_embd, biases."""
+    return cfg.bias and cfg.n_head * cfg.head_dim == cfg.n_embd
+
+
+def _optional(module):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SystemExit(f"error: pretrained models and exports need safetensors and huggingface_hub "
+                         f"({module} is missing): pip install -r requirements-pretrained.txt")
+
+
+def hf_config(cfg, tokenizer=None):
+    """config.json for a GPT: Hugging Face's GPT-2 keys, plus gpt.py's own (head_dim, bias,
+    tokenizer), which transformers keeps as unused attributes."""
+    ok = hf_compatible(cfg)
+    conf = dict(
+        model_type='gpt2' if ok else WIDTHS_MODEL_TYPE,
+        **({'architectures': ['GPT2LMHeadModel']} if ok else {}),
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff,
+        activation_function='gelu_pytorch_tanh',   # nn.GELU(approximate='tanh'), what this file runs
+        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,
+        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+        head_dim=cfg.head_dim, bias=cfg.bias, tokenizer=dict(tokenizer or {}))
+    if (tokenizer or {}).get('tokenizer') == 'gpt2':
+        conf.update(bos_token_id=GPT2_VOCAB - 1, eos_token_id=GPT2_VOCAB - 1)   # <|endoftext|>
+    return conf
+
+
+def config_from_hf(conf, where, dropout=0.0):
+    """GPTConfig from a config.json in the layout above. What a GPT-2 config can say and this GPT
+    cannot compute is refused, rather than loaded into a model that computes something else.
+    dropout is a training setting, not part of the weights: 0.0 unless asked (as nanoGPT)."""
+    kind = conf.get('model_type')
+    if kind not in ('gpt2', WIDTHS_MODEL_TYPE):
+        raise SystemExit(f"error: {where} holds a model_type={kind!r} model; gpt.py reads GPT-2 "
+                         f"(model_type 'gpt2') and its own exports only")
+    for key, allowed, default in (('activation_function', ('gelu_new', 'gelu_pytorch_tanh'), 'gelu_new'),
+                                  ('layer_norm_epsilon', (1e-5,), 1e-5),
+                                  ('scale_attn_weights', (True,), True),
+                                  ('scale_attn_by_inverse_layer_idx', (False,), False),
+                                  ('add_cross_attention', (False,), False)):
+        if conf.get(key, default) not in allowed:
+            raise SystemExit(f"error: {where} has {key}={conf[key]!r}, which gpt.py's GPT-2 does not "
+                             f"compute (it computes {key}={allowed[0]!r})")
+    own = kind == WIDTHS_MODEL_TYPE   # head_dim and bias mean something only in gpt.py's own exports
+    return GPTConfig(block_size=conf.get('n_positions', 1024), vocab_size=conf.get('vocab_size', GPT2_VOCAB),
+                     n_layer=conf.get('n_layer', 12), n_head=conf.get('n_head', 12),
+                     n_embd=conf.get('n_embd', 768), head_dim=conf.get('head_dim', 0) if own else 0,
+                     d_ff=conf.get('n_inner') or 0, bias=conf.get('bias', True) if own else True,
+                     tie_embeddings=conf.get('tie_word_embeddings', True), dropout=dropout)
+
+
+def _download(name):
+    """The Hub snapshot folder of a pretrained name (huggingface_hub's cache: downloaded once)."""
+    hub = _optional('huggingface_hub')
+    try:
+        return hub.snapshot_download(PRETRAINED[name], allow_patterns=[
+            'config.json', 'model.safetensors', 'model.safetensors.index.json', 'model-*.safetensors'])
+    except Exception as e:   # no network and not in the cache, a proxy, a full disk, ...
+        raise SystemExit(f"error: could not get {name} from the Hugging Face Hub ({type(e).__name__}); "
+                         f"without network, run `hf download {PRETRAINED[name]} config.json "
+                         f"model.safetensors --local-dir {name}` on a machine with one and pass that folder")
+
+
+def _weight_files(folder):
+    single = os.path.join(folder, 'model.safetensors')
+    index = os.path.join(folder, 'model.safetensors.index.json')
+    if os.path.isfile(single):
+        return [single]
+    if os.path.isfile(index):   # sharded, as transformers saves big models
+        with open(index) as f:
+            return [os.path.join(folder, name) for name in sorted(set(json.load(f)['weight_map'].values()))]
+    raise SystemExit(f"error: '{folder}' has no model.safetensors; a folder with pytorch_model.bin only: "
+                     f"load it in transformers and save_pretrained it again (that writes safetensors)")
+
+
+def load_pretrained(name_or_dir, dropout=0.0):
+    """(GPT, where) from a folder in Hugging Face's GPT-2 layout (or one written by save_pretrained)
+    or a pretrained name: gpt2, gpt2-medium, gpt2-large, gpt2-xl. where = dict(source=the folder's
+    absolute path, files=its weight files, tokenizer=as load_base gives it); no hashing here, so
+    sampling from gpt2-xl does not read its 6 GB twice (load_base hashes)."""
+    if os.path.isdir(name_or_dir):
+        folder = name_or_dir
+    elif name_or_dir in PRETRAINED:
+        folder = _download(name_or_dir)
+    else:
+        raise SystemExit(f"error: '{name_or_dir}' is neither a model folder (config.json + "
+                         f"model.safetensors) nor a pretrained name ({', '.join(PRETRAINED)})")
+    st = _optional('safetensors.torch')
+    where = f"'{folder}'"
+    try:
+        with open(os.path.join(folder, 'config.json')) as f:
+            conf = json.load(f)
+    except FileNotFoundError:
+        runs = sorted(f for f in os.listdir(folder) if f.endswith('.pt'))   # a train.py run's folder?
+        raise SystemExit(f"error: {where} has no config.json: not a model folder in Hugging Face's layout"
+                         + (f"; for a checkpoint in it, pass the file ({', '.join(runs)})" if runs else ""))
+    except ValueError as e:   # bad JSON or bad UTF-8
+        raise SystemExit(f"error: {where}/config.json is not valid JSON ({type(e).__name__})")
+    if not isinstance(conf, dict):
+        raise SystemExit(f"error: {where}/config.json is not a model config")
+    cfg = config_from_hf(conf, where, dropout)
+    files = _weight_files(folder)
+    state = {}
+    for path in files:
+        try:
+            state.update(st.load_file(path))
+        except Exception as e:   # truncated or not a safetensors file
+            raise SystemExit(f"error: '{path}' is not a readable safetensors file ({type(e).__name__})")
+    ours = {}
+    for k, t in state.items():
+        if k.endswith(('.attn.bias', '.attn.masked_bias')):
+            continue   # the causal-mask buffers older transformers saved; not weights
+        name = k if k.startswith('transformer.') or k == 'lm_head.weight' else 'transformer.' + k
+        t = t.to(torch.float32)   # a half-precision file trains and samples in float32, as every GPT here
+        ours[name] = t.t().contiguous() if name.endswith(CONV1D) else t
+    if cfg.tie_embeddings and 'transformer.wte.weight' in ours:   # one tensor, stored once
+        ours['lm_head.weight'] = ours['transformer.wte.weight']
+    model = gpt_from_state(cfg, ours, where)
+    tokenizer = conf.get('tokenizer')
+    if not isinstance(tokenizer, dict):   # a GPT-2 from elsewhere: its vocabulary says which
+        tokenizer = {'tokenizer': 'gpt2'} if cfg.vocab_size == GPT2_VOCAB else {}
+    return model, dict(source=os.path.abspath(folder), files=files, tokenizer=tokenizer)
+
+
+def load_base(spec, map_location='cpu'):
+    """(GPT, info) from anything a base can be: a train.py checkpoint (.pt: a base, HPR or merged
+    model), a model folder (Hugging Face's GPT-2 layout, or written by save_pretrained) or a
+    pretrained name (gpt2, gpt2-medium, gpt2-large, gpt2-xl).
+    info = dict(source=absolute path of the .pt or folder the weights came from (for a name: its
+    folder in the Hub cache), sha256=of the weights file (the .pt or model.safetensors;
+    shards: of their bytes in order),
+    tokenizer={'tokenizer': 'char', 'chars': ...} or {'tokenizer': 'gpt2'}, {} when unknown)."""
+    spec = str(spec)
+    if os.path.isfile(spec) or spec.endswith('.pt'):
+        ckpt = load_checkpoint(spec, map_location)
+        model = gpt_from_checkpoint(ckpt, spec)
+        return model, dict(source=os.path.abspath(spec), sha256=file_sha256(spec),
+                           tokenizer=ckpt.get('tokenizer', {}))
+    if not os.path.isdir(spec) and spec not in PRETRAINED:
+        raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
+                         f"model.safetensors) or pretrained name ({', '.join(PRETRAINED)})")
+    model, where = load_pretrained(spec)
+    return model.to(map_location), dict(source=where['source'], sha256=file_sha256(*where['files']),
+                                        tokenizer=where['tokenizer'])
+
+
+
+def base_sha256(spec):
+    """What load_base(spec) gives as info['sha256'], without building the model: a cheap check that
+    a base has not changed (a name is resolved in the Hub cache, downloaded only if missing)."""
+    spec = str(spec)
+    if os.path.isfile(spec) or spec.endswith('.pt'):
+        if not os.path.isfile(spec):
+            raise SystemExit(f"error: checkpoint '{spec}' does not exist")
+        return file_sha256(spec)
+    if os.path.isdir(spec):
+        return file_sha256(*_weight_files(spec))
+    if spec in PRETRAINED:
+        return file_sha256(*_weight_files(_download(spec)))
+    raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
+                     f"model.safetensors) or pretrained name ({', '.join(PRETRAINED)})")
 
 if __name__ == '__main__':
     # python gpt.py: the parameter counts of the paper's presets, as quoted in the README

@@ -9,6 +9,7 @@ property it proves; equivalence tests compare numbers bit for bit or with tight 
 """
 import ast
 import copy
+import errno
 import glob
 import gzip
 import hashlib
@@ -35,8 +36,10 @@ import compare
 import data.c4.prepare as c4_prep
 import data.shakespeare.prepare as bpe_prep
 import data.shakespeare_char.prepare as char_prep
+import export
 import gpt
 import pc
+import sample
 import train
 from data import tokenizer
 from data.loader import Batches, fixed_batches, meta, open_dataset
@@ -215,22 +218,90 @@ def test_load_checkpoint_bad_inputs(tmp_path):
 
 
 def test_save_atomic_survives_crash(tmp_path, monkeypatch):
-    """If torch.save dies halfway through, save_atomic leaves the previous checkpoint intact."""
+    """If torch.save dies halfway through, save_atomic leaves the previous checkpoint intact and no
+    temporary file behind: a crash propagates as it is, an OSError (full disk, read-only folder)
+    becomes one line naming the file."""
     path = str(tmp_path / 'ckpt.pt')
     m1 = tiny_gpt(1)
     save_atomic(gpt_checkpoint(m1), path)
     real_save = torch.save
 
-    def broken_save(obj, f, *a, **k):
-        with open(f, 'wb') as fh:
-            fh.write(b'PK\x03\x04 half a file')
-        raise OSError('disk full')
+    def broken_save(error):
+        def save(obj, f, *a, **k):
+            f.write(b'PK\x03\x04 half a file')
+            raise error
+        return save
 
-    monkeypatch.setattr(torch, 'save', broken_save)
-    with pytest.raises(OSError, match='disk full'):
+    monkeypatch.setattr(torch, 'save', broken_save(RuntimeError('killed')))
+    with pytest.raises(RuntimeError, match='killed'):
         save_atomic(gpt_checkpoint(tiny_gpt(2)), path)
+    monkeypatch.setattr(torch, 'save', broken_save(OSError(errno.ENOSPC, 'No space left on device')))
+    msg = error_of(save_atomic, gpt_checkpoint(tiny_gpt(2)), path,
+                   match=r"could not write .*ckpt\.pt \(No space left on device\); free some disk space")
+    assert 'previous file' in msg
     monkeypatch.setattr(torch, 'save', real_save)
+    assert os.listdir(tmp_path) == ['ckpt.pt']
     states_equal(load_gpt(path), m1)
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full (Linux)')
+def test_save_atomic_full_disk(tmp_path):
+    """A real full disk: the temporary file is a link to /dev/full, where every write fails with
+    ENOSPC. One line, the previous checkpoint intact, the temporary name removed."""
+    path = str(tmp_path / 'ckpt.pt')
+    m1 = tiny_gpt(1)
+    save_atomic(gpt_checkpoint(m1), path)
+    os.symlink('/dev/full', f"{path}.{os.getpid()}.tmp")
+    error_of(save_atomic, gpt_checkpoint(tiny_gpt(2)), path,
+             match=r"could not write .*ckpt\.pt \(No space left on device\)")
+    assert os.listdir(tmp_path) == ['ckpt.pt']
+    states_equal(load_gpt(path), m1)
+    error_of(save_atomic, gpt_checkpoint(m1), str(tmp_path / 'no_such_folder' / 'ckpt.pt'),
+             match=r"could not write .*no_such_folder.*No such file or directory")
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='reads /proc (Linux)')
+def test_save_atomic_syncs_before_and_after_rename(tmp_path, monkeypatch):
+    """The file's bytes are synced before the rename and the folder after it (so a power loss can
+    leave the old file or the new one, never an empty one); the temporary name is this process's."""
+    path = str(tmp_path / 'ckpt.pt')
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(('fsync', os.readlink(f'/proc/self/fd/{fd}')))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(('replace', str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    monkeypatch.setattr(os, 'replace', replace)
+    save_atomic(gpt_checkpoint(tiny_gpt(1)), path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    assert events == [('fsync', tmp), ('replace', tmp, path), ('fsync', str(tmp_path))]
+
+
+def test_config_checks():
+    """GPTConfig refuses, in one line each, shapes it cannot run: no heads, n_embd not divisible by
+    n_head (unless head_dim is given), non-positive widths, dropout outside [0, 1)."""
+    for kw, match in ((dict(n_head=0), r"n_head=0 must be positive"),
+                      (dict(n_head=-2), r"n_head=-2 must be positive"),
+                      (dict(n_embd=30, n_head=4), r"n_embd=30 is not divisible by n_head=4"),
+                      (dict(n_embd=0), r"n_embd=0 must be positive"),
+                      (dict(n_layer=0), r"n_layer=0 must be positive"),
+                      (dict(block_size=-1), r"block_size=-1 must be positive"),
+                      (dict(vocab_size=0), r"vocab_size=0 must be positive"),
+                      (dict(head_dim=-8), r"head_dim=-8 must be positive"),
+                      (dict(d_ff=-1), r"d_ff=-1 must be positive"),
+                      (dict(dropout=1.0), r"dropout=1\.0 must be in \[0, 1\)"),
+                      (dict(dropout=-0.1), r"dropout=-0\.1 must be in \[0, 1\)"),
+                      (dict(n_embd=4, n_head=8), r"n_head=8 is larger than n_embd=4")):
+        error_of(tiny_cfg, **kw, match=match)
+    cfg = tiny_cfg(n_embd=30, n_head=4, head_dim=8, dropout=0.5)   # an explicit head_dim is fine
+    assert (cfg.head_dim, cfg.d_ff) == (8, 120)
+    assert tiny_cfg(n_embd=32, n_head=4).head_dim == 8
 
 
 @pytest.mark.parametrize('tied', [True, False])
@@ -264,6 +335,25 @@ def test_generate_shape_and_range():
     b = m.generate(idx, 6, top_k=1)
     assert torch.equal(a, b)
     assert torch.equal(a[:, 5], m(idx)[0][:, -1].argmax(-1))
+
+
+def test_generate_switches_to_eval_and_restores_modes():
+    """generate samples without dropout (eval mode) and gives every submodule back its own mode
+    afterwards, even a mix of modes, and also when sampling fails."""
+    m = tiny_gpt(5, dropout=0.5)
+    idx = torch.randint(0, V, (2, 3))
+    m.train()
+    m.transformer.h[0].eval()   # a caller's mixed modes
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    torch.manual_seed(0)
+    a = m.generate(idx, 5, top_k=1)
+    assert {n: mod.training for n, mod in m.named_modules()} == modes
+    assert torch.equal(a, m.eval().generate(idx, 5, top_k=1))   # greedy: same tokens as in eval
+    assert not m.training
+    m.train()
+    with pytest.raises(RuntimeError):   # temperature 0: inf/nan probabilities, multinomial refuses
+        m.generate(idx, 1, temperature=0.0)
+    assert all(mod.training for mod in m.modules())
 
 
 def test_adamw_groups():
@@ -2208,3 +2298,337 @@ def test_notebook_runs_with_tiny_settings(tmp_path, monkeypatch):
     for run in ('base/ckpt.pt', 'hpr/metrics.jsonl', 'pc/metrics.jsonl', 'pc/ckpt.pt', 'pc/merged.pt'):
         assert (out / run).exists(), run
     assert (repo / 'data' / 'shakespeare_char' / 'meta.json').exists()   # the notebook prepared it
+
+
+# ==================================================================================================
+# Pretrained models, export, sample.py: gpt.load_pretrained / load_base / GPT.save_pretrained,
+# export.py, sample.py
+# ==================================================================================================
+# Offline throughout: a "pretrained" GPT-2 is a small random transformers.GPT2LMHeadModel saved with
+# save_pretrained; Hub names are checked with huggingface_hub's own offline mode and a stand-in
+# download. transformers takes seconds to import: only the tests that compare with it import it.
+os.environ.setdefault('HF_HUB_OFFLINE', '1')   # these tests never reach the Hub, on any machine
+
+
+def transformers_lib():
+    import transformers
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def hf_gpt2(folder, tied=True, vocab=V, seed=0, **kw):
+    """A random transformers GPT-2 saved in `folder` (every tensor random: zero biases or unit
+    LayerNorm gains would hide a tensor read into the wrong place). Returns the model."""
+    transformers = transformers_lib()
+    args = dict(vocab_size=vocab, n_positions=T, n_embd=32, n_layer=L, n_head=4, n_inner=72,
+                tie_word_embeddings=tied, bos_token_id=None, eos_token_id=None)
+    args.update(kw)
+    torch.manual_seed(seed)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**args)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    hf.save_pretrained(str(folder))
+    return hf
+
+
+def all_logits(model, x):
+    return model(x, x)[0]   # with targets: the logits of every position
+
+
+def same_function(m, hf, x, atol=1e-5):
+    torch.testing.assert_close(all_logits(m, x), hf(x).logits, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_from_pretrained_matches_transformers(tmp_path, tied):
+    """A folder written by transformers loads into gpt.py with the same logits (within 1e-5, fp32):
+    the Conv1D matrices transposed, n_inner as d_ff, a tied or untied head. load_base says where
+    the weights came from and their sha256."""
+    hf = hf_gpt2(tmp_path / 'hf', tied=tied)
+    m = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
+    assert m.config == GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=4, n_embd=32, d_ff=72,
+                                 tie_embeddings=tied)
+    assert (m.lm_head.weight is m.transformer.wte.weight) == tied
+    x, _ = batch(7)
+    same_function(m, hf, x)
+    m2, info = gpt.load_base(str(tmp_path / 'hf'))
+    states_equal(m2, m)
+    assert gpt.base_sha256(str(tmp_path / 'hf')) == info['sha256']
+    weights = tmp_path / 'hf' / 'model.safetensors'
+    assert info == dict(source=str(tmp_path / 'hf'), sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+                        tokenizer={})   # a 64-token vocabulary: not GPT-2's, so unknown
+    assert GPT.from_pretrained(str(tmp_path / 'hf'), dropout=0.1).config.dropout == 0.1
+
+
+def test_from_pretrained_openai_and_sharded_layouts(tmp_path):
+    """OpenAI's files on the Hub name tensors without 'transformer.' and carry causal-mask buffers
+    (h.N.attn.bias); a big model saved by transformers comes in shards with an index. Both load to
+    the same model. A GPT-2-sized vocabulary means the GPT-2 tokenizer."""
+    from safetensors.torch import load_file, save_file
+    hf = hf_gpt2(tmp_path / 'hf', vocab=gpt.GPT2_VOCAB, n_embd=8, n_head=2, n_inner=16)
+    ref = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
+    x, _ = batch(8)
+    same_function(ref, hf, x)
+    openai = tmp_path / 'openai'
+    openai.mkdir()
+    shutil.copy(tmp_path / 'hf' / 'config.json', openai)
+    state = {k.removeprefix('transformer.'): v for k, v in load_file(str(tmp_path / 'hf' / 'model.safetensors')).items()}
+    for i in range(L):
+        state[f'h.{i}.attn.bias'] = torch.tril(torch.ones(T, T)).view(1, 1, T, T)
+        state[f'h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
+    save_file(state, str(openai / 'model.safetensors'))
+    m, info = gpt.load_base(str(openai))
+    states_equal(m, ref)
+    assert gpt.base_sha256(str(openai)) == info['sha256']
+    assert info['tokenizer'] == {'tokenizer': 'gpt2'}
+    hf.save_pretrained(str(tmp_path / 'sharded'), max_shard_size='200KB')
+    assert len(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors'))) > 1
+    assert not (tmp_path / 'sharded' / 'model.safetensors').exists()
+    states_equal(GPT.from_pretrained(str(tmp_path / 'sharded')), ref)
+    shards = sorted(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors')))
+    assert gpt.load_base(str(tmp_path / 'sharded'))[1]['sha256'] == gpt.file_sha256(*shards) == \
+        hashlib.sha256(b''.join(open(p, 'rb').read() for p in shards)).hexdigest()
+
+
+def test_pretrained_names(tmp_path, monkeypatch):
+    """gpt2 ... gpt2-xl resolve through huggingface_hub (OpenAI's repositories, only the config and
+    safetensors files); without network and not in the cache, one line says how to get the folder;
+    an unknown name is one line."""
+    import huggingface_hub
+    hf_gpt2(tmp_path / 'snapshot')
+    asked = []
+
+    def download(repo_id, allow_patterns=None, **kw):
+        asked.append((repo_id, allow_patterns))
+        return str(tmp_path / 'snapshot')
+
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', download)
+    m, info = gpt.load_base('gpt2-medium')
+    assert asked[0][0] == 'openai-community/gpt2-medium' and 'model.safetensors' in asked[0][1]
+    assert info['source'] == str(tmp_path / 'snapshot')
+    assert gpt.base_sha256('gpt2-medium') == info['sha256']
+    states_equal(GPT.from_pretrained('gpt2-xl'), m)
+    assert asked[2][0] == 'openai-community/gpt2-xl'
+    monkeypatch.undo()
+
+    # the real download, offline and with an empty cache
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))
+    error_of(GPT.from_pretrained, 'gpt2', match=r"could not get gpt2 from the Hugging Face Hub .*"
+             r"hf download openai-community/gpt2 config\.json model\.safetensors --local-dir gpt2.*pass that folder")
+    error_of(GPT.from_pretrained, 'gpt3', match=r"'gpt3' is neither a model folder .* nor a pretrained "
+             r"name \(gpt2, gpt2-medium, gpt2-large, gpt2-xl\)")
+    error_of(gpt.load_base, 'gpt3', match=r"'gpt3' is no checkpoint \(\.pt\), model folder")
+    error_of(gpt.base_sha256, 'gpt3', match=r"'gpt3' is no checkpoint \(\.pt\), model folder")
+    error_of(gpt.base_sha256, 'gpt2', match=r"could not get gpt2 from the Hugging Face Hub")
+    error_of(gpt.load_base, str(tmp_path / 'nope.pt'), match=r"checkpoint '.*nope\.pt' does not exist")
+
+
+def test_pretrained_bad_folders(tmp_path, monkeypatch):
+    """A folder that is not a GPT-2 gpt.py can compute is one line each: another architecture, no
+    config.json, broken JSON, no safetensors file, a GPT-2 variant (exact GELU), weights that do not
+    fit the config; and without safetensors installed, one line naming the requirements file."""
+    hf_gpt2(tmp_path / 'ok')
+
+    def variant(name, edit=None, drop=()):
+        d = tmp_path / name
+        shutil.copytree(tmp_path / 'ok', d)
+        if edit:
+            conf = json.loads((d / 'config.json').read_text())
+            (d / 'config.json').write_text(json.dumps(edit(conf) or conf))
+        for f in drop:
+            os.remove(d / f)
+        return str(d)
+
+    llama = variant('llama', lambda c: c.update(model_type='llama'))
+    error_of(GPT.from_pretrained, llama, match=r"holds a model_type='llama' model; gpt\.py reads GPT-2")
+    error_of(GPT.from_pretrained, variant('noconf', drop=['config.json']), match=r"has no config\.json")
+    (tmp_path / 'noconf' / 'ckpt.pt').write_bytes(b'')
+    error_of(GPT.from_pretrained, str(tmp_path / 'noconf'), match=r"has no config\.json.*pass the file \(ckpt\.pt\)")
+    bad = variant('badjson')
+    (tmp_path / 'badjson' / 'config.json').write_text('{"model_type": "gpt2",')
+    error_of(GPT.from_pretrained, bad, match=r"config\.json is not valid JSON")
+    bin_only = variant('bin', drop=['model.safetensors'])
+    error_of(GPT.from_pretrained, bin_only, match=r"has no model\.safetensors.*save_pretrained it again")
+    gelu = variant('gelu', lambda c: c.update(activation_function='gelu'))
+    error_of(GPT.from_pretrained, gelu, match=r"has activation_function='gelu', which gpt\.py's GPT-2 does not compute")
+    wide = variant('wide', lambda c: c.update(n_embd=64))
+    error_of(GPT.from_pretrained, wide, match=r"weights of .* do not fit its config: .*is \(\d+, 32\), not")
+    torn = variant('torn')
+    (tmp_path / 'torn' / 'model.safetensors').write_bytes(b'\x00' * 20)
+    error_of(GPT.from_pretrained, torn, match=r"is not a readable safetensors file")
+    monkeypatch.setitem(sys.modules, 'safetensors.torch', None)   # as if not installed
+    error_of(GPT.from_pretrained, str(tmp_path / 'ok'),
+             match=r"need safetensors and huggingface_hub .*pip install -r requirements-pretrained\.txt")
+    error_of(tiny_gpt().save_pretrained, str(tmp_path / 'x'), match=r"requirements-pretrained\.txt")
+
+
+EXPORT_SHAPES = {'base': dict(), 'compressed': dict(n_embd=24, head_dim=8, d_ff=56),
+                 'no_bias': dict(bias=False)}
+
+
+@pytest.mark.parametrize('tied', [True, False])
+@pytest.mark.parametrize('shape', sorted(EXPORT_SHAPES))
+def test_export_round_trip(tmp_path, tied, shape):
+    """save_pretrained then from_pretrained gives back the same config, tying and tensors bit for bit
+    (a base, a compressed model whose attention width is not n_embd, a model without biases), and
+    the tokenizer through load_base. A second export over the first replaces it, leaving no
+    temporary file."""
+    m = tiny_gpt(11, tie_embeddings=tied, **EXPORT_SHAPES[shape])
+    chars = ''.join(chr(ord('!') + i) for i in range(V))
+    m.save_pretrained(str(tmp_path / 'm'), tokenizer={'tokenizer': 'char', 'chars': chars})
+    assert sorted(os.listdir(tmp_path / 'm')) == ['config.json', 'model.safetensors']
+    back, info = gpt.load_base(str(tmp_path / 'm'))
+    assert back.config == m.config
+    assert (back.lm_head.weight is back.transformer.wte.weight) == tied
+    states_equal(back, m)
+    assert info['tokenizer'] == {'tokenizer': 'char', 'chars': chars}
+    x, y = batch(11)
+    assert torch.equal(back(x, y)[0], m(x, y)[0])
+    conf = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    assert conf['model_type'] == ('gpt2' if shape == 'base' else gpt.WIDTHS_MODEL_TYPE)
+    m2 = tiny_gpt(12, tie_embeddings=tied, **EXPORT_SHAPES[shape])
+    m2.save_pretrained(str(tmp_path / 'm'))
+    states_equal(GPT.from_pretrained(str(tmp_path / 'm')), m2)
+    assert gpt.load_base(str(tmp_path / 'm'))[1]['tokenizer'] == {}
+    assert sorted(os.listdir(tmp_path / 'm')) == ['config.json', 'model.safetensors']
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_export_loads_in_transformers(tmp_path, tied):
+    """A base model's export loads in transformers' GPT2LMHeadModel with gpt.py's logits (within
+    1e-5); a compressed model's export is refused by transformers, not misread."""
+    transformers = transformers_lib()
+    m = tiny_gpt(13, tie_embeddings=tied, d_ff=72)
+    with torch.no_grad():   # every tensor random, as in hf_gpt2
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    m.eval().save_pretrained(str(tmp_path / 'base'), tokenizer={'tokenizer': 'gpt2'})
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'base')).eval()
+    assert (hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()) == tied
+    x, _ = batch(13)
+    same_function(m, hf, x)
+    small = tiny_gpt(14, tie_embeddings=tied, n_embd=24, head_dim=8, d_ff=56)
+    small.save_pretrained(str(tmp_path / 'small'))
+    with pytest.raises(ValueError, match=r"model type `gpt2_independent_widths` but Transformers does not recognize"):
+        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'small'))
+    with pytest.raises(RuntimeError, match=r"ignore_mismatched_sizes"):
+        transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'small'))
+
+
+def test_export_command(tmp_path, capsys):
+    """export.py SOURCE OUT_DIR: a checkpoint of a compressed GPT (as merged.pt) becomes a folder
+    that reads back bit for bit with its tokenizer; a PC training checkpoint is refused with the
+    path of its merged model; wrong arguments print the usage."""
+    m = tiny_gpt(15, n_embd=24, head_dim=8, d_ff=56)
+    chars = ''.join(chr(ord('A') + i) for i in range(V))
+    save_atomic(gpt_checkpoint(m, tokenizer={'tokenizer': 'char', 'chars': chars}), str(tmp_path / 'merged.pt'))
+    export.main([str(tmp_path / 'merged.pt'), str(tmp_path / 'out')])
+    assert 'attention width 32 differs from n_embd=24' in capsys.readouterr().out
+    m_pt, info_pt = gpt.load_base(str(tmp_path / 'merged.pt'))
+    states_equal(m_pt, m)
+    assert info_pt == dict(source=str(tmp_path / 'merged.pt'), tokenizer={'tokenizer': 'char', 'chars': chars},
+                           sha256=hashlib.sha256((tmp_path / 'merged.pt').read_bytes()).hexdigest())
+    assert gpt.base_sha256(str(tmp_path / 'merged.pt')) == info_pt['sha256']
+    back, info = gpt.load_base(str(tmp_path / 'out'))
+    states_equal(back, m)
+    assert info['tokenizer']['chars'] == chars
+    save_atomic(dict(gpt_checkpoint(m), kind='pc'), str(tmp_path / 'ckpt.pt'))
+    error_of(export.main, [str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out2')],
+             match=r"is a pc training checkpoint, not a GPT; load the merged model written next to it "
+                   r"\(.*merged\.pt\)")
+    with pytest.raises(SystemExit, match=r"^usage: python export\.py SOURCE OUT_DIR"):
+        export.main([str(tmp_path / 'merged.pt')])
+
+
+def char_checkpoint(path, seed=16, chars=None, **kw):
+    chars = chars or ''.join(chr(ord('0') + i) for i in range(V))   # '0' ... 'o': holds 'abc'
+    m = tiny_gpt(seed, vocab_size=len(chars), **kw)
+    save_atomic(gpt_checkpoint(m, tokenizer={'tokenizer': 'char', 'chars': chars}), str(path))
+    return m, chars
+
+
+def run_sample(*argv):
+    return sample.sample(sample.parse_args(list(argv)))
+
+
+def test_sample_char_checkpoint(tmp_path, capsys):
+    """sample.py on a checkpoint with a character vocabulary: the prompt, then max_new_tokens
+    characters of that vocabulary; the same seed gives the same samples, another seed others; the
+    exported folder samples the same text; --start=FILE:path reads the prompt."""
+    path = tmp_path / 'ckpt.pt'
+    m, chars = char_checkpoint(path)
+    args = (f'--init_from={path}', '--start=abc', '--num_samples=2', '--max_new_tokens=12', '--device=cpu')
+    a = run_sample(*args, '--seed=1')
+    assert len(a) == 2 and all(s.startswith('abc') and len(s) == 15 and set(s) <= set(chars) for s in a)
+    assert a[0] != a[1]
+    assert run_sample(*args, '--seed=1') == a
+    assert run_sample(*args, '--seed=2') != a
+    torch.manual_seed(1)   # what sample.py computes, by hand
+    x = torch.tensor([[chars.index(c) for c in 'abc']])
+    ids = m.generate(x, 12, temperature=0.8, top_k=200)[0].tolist()
+    assert a[0] == ''.join(chars[i] for i in ids)
+    greedy = run_sample(*args, '--top_k=1')
+    assert greedy[0] == greedy[1]
+    m.save_pretrained(str(tmp_path / 'export'), tokenizer={'tokenizer': 'char', 'chars': chars})
+    assert run_sample(*args, '--seed=1', f'--init_from={tmp_path / "export"}') == a
+    (tmp_path / 'prompt.txt').write_text('abc')
+    assert run_sample(*args, '--seed=1', f'--start=FILE:{tmp_path / "prompt.txt"}') == a
+    sample.main(list(args))
+    assert capsys.readouterr().out.count('---------------\n') == 2
+
+
+def test_sample_gpt2_checkpoint(tmp_path):
+    """sample.py on a GPT-2 BPE checkpoint (data/tokenizer.py, offline): the prompt is encoded with
+    GPT-2's tokenizer and the sample decodes back to text starting with it; deterministic."""
+    m = tiny_gpt(17, vocab_size=gpt.GPT2_VOCAB, n_embd=8, n_head=2)
+    path = tmp_path / 'ckpt.pt'
+    save_atomic(gpt_checkpoint(m, tokenizer={'tokenizer': 'gpt2'}), str(path))
+    args = (f'--init_from={path}', '--start=Hello, world', '--num_samples=1', '--max_new_tokens=5', '--seed=3')
+    a = run_sample(*args)
+    assert a == run_sample(*args) and a[0].startswith('Hello, world')
+    enc = tokenizer.gpt2()
+    torch.manual_seed(3)
+    ids = m.generate(torch.tensor([enc.encode('Hello, world')]), 5, temperature=0.8, top_k=200)
+    assert a[0] == enc.decode(ids[0].tolist())
+    assert len(run_sample(f'--init_from={path}', '--start=', '--max_new_tokens=3')) == 3   # from <|endoftext|>
+
+
+def test_sample_pc_checkpoint(arm_runs, tmp_path):
+    """A PC run's ckpt.pt is rebuilt over its base and merged: it samples what its merged.pt samples.
+    Without tokenizer information (the test dataset names none) it is one line."""
+    pc_ckpt = os.path.join(arm_runs['pc'], 'ckpt.pt')
+    error_of(run_sample, f'--init_from={pc_ckpt}', match=r"does not say which tokenizer it was trained with")
+    chars = ''.join(chr(ord('0') + i) for i in range(VOCAB))
+    paths = {}
+    for name in ('ckpt.pt', 'merged.pt'):
+        ckpt = torch.load(os.path.join(arm_runs['pc'], name), weights_only=True)
+        ckpt['tokenizer'] = dict(tokenizer='char', chars=chars)
+        paths[name] = str(tmp_path / name)
+        torch.save(ckpt, paths[name])
+    args = ('--start=0123', '--num_samples=2', '--max_new_tokens=8')
+    a = run_sample(f"--init_from={paths['ckpt.pt']}", *args)
+    assert a == run_sample(f"--init_from={paths['merged.pt']}", *args)
+
+
+def test_sample_bad_inputs(tmp_path):
+    """One line each: characters outside the vocabulary, an empty prompt for a character model, a
+    missing prompt file, unknown or malformed options, a missing checkpoint."""
+    path = tmp_path / 'ckpt.pt'
+    char_checkpoint(path)
+    ok = f'--init_from={path}'
+    error_of(run_sample, ok, '--start=héllo!', match=r"characters the model's vocabulary lacks: '!', 'é'")
+    error_of(run_sample, ok, '--start=', match=r"--start is empty")
+    error_of(run_sample, ok, f'--start=FILE:{tmp_path / "none.txt"}', match=r"could not read the prompt file")
+    error_of(sample.parse_args, ['--topk=5'], match=r"unknown option --topk")
+    error_of(sample.parse_args, ['--top_k=five'], match=r"--top_k=five should be a int")
+    error_of(sample.parse_args, ['start=abc'], match=r"should look like --key=value")
+    error_of(run_sample, ok, '--temperature=0', match=r"--temperature=0\.0 must be positive")
+    error_of(run_sample, match=r"give --init_from=")
+    error_of(run_sample, f'--init_from={tmp_path / "nope.pt"}', match=r"does not exist")
+    error_of(run_sample, '--init_from=gpt-5', match=r"--init_from=gpt-5 is no checkpoint \(\.pt\), model folder "
+             r"or pretrained name \(gpt2, gpt2-medium, gpt2-large, gpt2-xl\)")
+    m = tiny_gpt(18)
+    save_atomic(gpt_checkpoint(m), str(tmp_path / 'old.pt'))   # from before checkpoints kept a tokenizer
+    error_of(run_sample, f"--init_from={tmp_path / 'old.pt'}", match=r"does not say which tokenizer")

@@ -1,0 +1,153 @@
+"""
+Sample text from a GPT, as nanoGPT's sample.py does.
+
+    python sample.py --init_from=out/base_shakespeare_char/ckpt.pt --start="ROMEO:"
+    python sample.py --init_from=out/pc_char/merged.pt --num_samples=1 --max_new_tokens=500
+    python sample.py --init_from=gpt2-medium --start="FILE:prompt.txt" --top_k=50
+
+init_from is a train.py checkpoint (a base, an HPR run, a merged PC model, or a PC run's ckpt.pt,
+which is rebuilt over its base and merged), a folder written by export.py or in Hugging Face's GPT-2
+layout, or a pretrained name (gpt2, gpt2-medium, gpt2-large, gpt2-xl). The tokenizer comes with the
+model (a checkpoint's character vocabulary or GPT-2 BPE), so no dataset folder is needed.
+"""
+import ast
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+import gpt
+
+# Defaults; each can be set with --key=value.
+DEFAULTS = dict(
+    init_from='',           # checkpoint (.pt), model folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl
+    start='\n',             # the prompt, or FILE:path to read it from a file
+    num_samples=3,
+    max_new_tokens=200,
+    temperature=0.8,        # < 1: less random, > 1: more
+    top_k=200,              # sample among the k most likely tokens only (0: all)
+    seed=1337,
+    device='auto',          # auto | cpu | cuda | cuda:1 ...
+)
+
+
+def parse_args(argv):
+    """DEFAULTS, then --key=value. A string setting takes the text as it is; others are Python literals."""
+    cfg = dict(DEFAULTS)
+    for arg in argv:
+        key, eq, text = arg[2:].partition('=') if arg.startswith('--') else ('', '', '')
+        if not eq:
+            raise SystemExit(f"error: '{arg}' should look like --key=value (keys: {', '.join(DEFAULTS)})")
+        if key not in cfg:
+            raise SystemExit(f"error: unknown option --{key}; the options are {', '.join(DEFAULTS)}")
+        want = type(DEFAULTS[key])
+        if want is str:
+            cfg[key] = text
+            continue
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = None
+        if want is float and type(value) is int:
+            value = float(value)
+        if type(value) is not want:
+            raise SystemExit(f"error: --{key}={text} should be a {want.__name__}")
+        cfg[key] = value
+    return cfg
+
+
+def load(init_from, device='cpu'):
+    """(GPT, (encode, decode)) from anything sample.py takes (see the top of this file)."""
+    if not init_from:
+        raise SystemExit("error: give --init_from=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
+                         "gpt2-large / gpt2-xl>")
+    if os.path.isfile(init_from) or init_from.endswith('.pt'):
+        ckpt = gpt.load_checkpoint(init_from, device)
+        coder = codec(ckpt.get('tokenizer', {}), f"'{init_from}'")   # before building any model
+        if ckpt.get('kind', 'gpt') == 'pc':   # a PC run: rebuilt over its base, merged into a GPT
+            import train
+            model = train.load_projected(init_from, device).merge()
+        else:
+            model = gpt.gpt_from_checkpoint(ckpt, init_from)
+        return model, coder
+    if not os.path.isdir(init_from) and init_from not in gpt.PRETRAINED:
+        raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
+                         f"pretrained name ({', '.join(gpt.PRETRAINED)})")
+    model, where = gpt.load_pretrained(init_from)   # a model folder or a pretrained name
+    return model, codec(where['tokenizer'], f"'{init_from}'")
+
+
+def codec(tokenizer, where):
+    """(encode, decode) for a tokenizer dict as checkpoints carry it."""
+    kind = tokenizer.get('tokenizer')
+    if kind == 'char' and isinstance(tokenizer.get('chars'), str):
+        chars = tokenizer['chars']
+        stoi = {c: i for i, c in enumerate(chars)}
+
+        def encode(text):
+            unknown = sorted(set(text) - stoi.keys())
+            if unknown:
+                raise SystemExit(f"error: --start has characters the model's vocabulary lacks: "
+                                 f"{', '.join(map(repr, unknown[:10]))}; use only characters of its "
+                                 f"training text")
+            return [stoi[c] for c in text]
+        # an id past the vocabulary (a model wider than its data) prints as U+FFFD
+        return encode, lambda ids: ''.join(chars[i] if i < len(chars) else '\ufffd' for i in ids)
+    if kind == 'gpt2':
+        from data.tokenizer import gpt2
+        enc = gpt2()
+        encode = lambda text: enc.encode(text, allowed_special={'<|endoftext|>'}) if text else [enc.eot_token]
+        return encode, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab])
+    raise SystemExit(f"error: {where} does not say which tokenizer it was trained with (a checkpoint from "
+                     f"before checkpoints kept it, or from a dataset whose meta.json names none); "
+                     f"train it again with the current train.py")
+
+
+def sample(cfg):
+    """The samples as strings (prompt included), as main prints them."""
+    if cfg['num_samples'] < 1 or cfg['max_new_tokens'] < 0 or cfg['top_k'] < 0:
+        raise SystemExit("error: --num_samples must be positive, --max_new_tokens and --top_k not negative")
+    if not cfg['temperature'] > 0:
+        raise SystemExit(f"error: --temperature={cfg['temperature']} must be positive")
+    device = cfg['device']
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device={device} but this machine has no CUDA GPU; use --device=cpu")
+    start = cfg['start']
+    if start.startswith('FILE:'):
+        try:
+            with open(start[5:], encoding='utf-8') as f:
+                start = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: could not read the prompt file '{start[5:]}' ({type(e).__name__})")
+
+    model, (encode, decode) = load(cfg['init_from'], device)
+    ids = encode(start)
+    if not ids:
+        raise SystemExit("error: --start is empty; give the model some text to continue, e.g. --start='\\n'")
+    if max(ids) >= model.config.vocab_size:
+        raise SystemExit(f"error: the tokenizer gives ids up to {max(ids)} but the model has "
+                         f"{model.config.vocab_size}; the checkpoint's tokenizer does not fit its model")
+    model.to(device)
+    torch.manual_seed(cfg['seed'])
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if device.startswith('cuda') else nullcontext()
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None]
+    out = []
+    with ctx:
+        for _ in range(cfg['num_samples']):
+            y = model.generate(x, cfg['max_new_tokens'], temperature=cfg['temperature'],
+                               top_k=cfg['top_k'] or None)
+            out.append(decode(y[0].tolist()))
+    return out
+
+
+def main(argv):
+    for text in sample(parse_args(argv)):
+        print(text)
+        print('---------------')
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
