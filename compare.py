@@ -38,7 +38,7 @@ def run(cfg, label):
     if os.path.exists(path):
         done = json.load(open(path))
         same_base = cfg['arm'] == 'base' or (os.path.exists(cfg['base_ckpt']) and
-                                             done.get('base_sha256') == train.file_sha256(cfg['base_ckpt']))
+                                             done.get('base_sha256') == train.gpt.base_sha256(cfg['base_ckpt']))
         if done.get('config') == cfg and same_base:
             print(f"== {label}: reusing {cfg['out_dir']}")
             return done

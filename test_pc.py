@@ -830,12 +830,24 @@ def test_c4_resume(c4, capsys):
     old = 1_000_000_000
     for p in before:
         os.utime(p, (old, old))
-    # interrupted in the middle of shard 1: its .bin never got renamed, a partial .tmp is left
+    # interrupted in the middle of shard 1: its .bin never got renamed, a partial .tmp is left by a
+    # writer that is gone; a worker that outlived its killed parent (alive: this process's pid) is
+    # still writing another temporary file of the same shard, which the rerun neither removes nor
+    # collides with
     redo = out / "train" / "c4-train.00001-of-01024.bin"
     redo.unlink()
-    (out / "train" / "c4-train.00001-of-01024.bin.tmp").write_bytes(b"\x01\x02\x03")
+    (out / "train" / f"c4-train.00001-of-01024.bin.{2 ** 22 + 7}.tmp").write_bytes(b"\x01\x02\x03")
+    orphan = out / "train" / f"c4-train.00001-of-01024.bin.{os.getpid()}.tmp"
+    orphan.write_bytes(b"\x04\x05")
     capsys.readouterr()
-    run_c4(src, out)
+    real_getpid = os.getpid
+    c4_prep.os.getpid = lambda: real_getpid() + 1   # the rerun's workers are other processes
+    try:
+        run_c4(src, out)
+    finally:
+        c4_prep.os.getpid = real_getpid
+    assert orphan.read_bytes() == b"\x04\x05"
+    orphan.unlink()
     printed = capsys.readouterr().out
     assert "2 shard(s) already done, 1 to do" in printed and "[1/1] train/c4-train.00001" in printed
     for p, content in before.items():
@@ -861,6 +873,14 @@ def test_c4_bad_inputs(tmp_path, monkeypatch):
     assert "download of https://huggingface.co/datasets/allenai/c4/resolve/main/en/c4-train.00000-of-01024.json.gz failed" in msg
     # the interrupted download left a manifest saying "not complete": the loader refuses it
     assert "partly prepared" in error_of(open_dataset, tmp_path / "dl", "train")
+    assert not list((tmp_path / "dl").rglob("*.tmp"))               # no partial download left
+    # a line whose text is no string: one line naming the shard and the line
+    bad = tmp_path / "badsrc"
+    write_c4_shards(bad.mkdir() or bad)
+    with gzip.open(bad / "c4-train.00000-of-01024.json.gz", "wt") as f:
+        f.write(json.dumps({"text": "fine", "url": "u"}) + "\n" + json.dumps({"text": 3, "url": "u"}) + "\n")
+    msg = error_of(c4_prep.main, [f"--src={bad}", f"--out={tmp_path / 'badout'}", "--workers=1"])
+    assert "c4-train.00000-of-01024.json.gz" in msg and "line 2: 'text' is a int, not a string" in msg
 
 
 # ----------------------------------------------------------------------------- loader
@@ -961,6 +981,20 @@ def test_loader_bad_inputs(tmp_path):
         f.write(b"\x00")  # whole tokens again, but one more than meta.json says
     msg = error_of(open_dataset, d, "train")
     assert "train1.bin has 51 tokens but meta.json says 50" in msg
+
+    m = json.loads((d / "meta.json").read_text())
+    del m["splits"]["train"][1]["file"]                                  # an entry without its file
+    (d / "meta.json").write_text(json.dumps(m))
+    assert "'train' entry 1 has no file name and token count" in error_of(open_dataset, d, "train")
+    d = make_dataset(tmp_path / "hashed", [np.arange(100)])
+    m = json.loads((d / "meta.json").read_text())
+    m["splits"]["train"][0]["sha256"] = hashlib.sha256(np.arange(100, dtype=np.uint16).tobytes()).hexdigest()
+    (d / "meta.json").write_text(json.dumps(m))
+    open_dataset(d, "train")                                             # the right hash: fine
+    with open(d / "train0.bin", "r+b") as f:                             # a flipped token, same size
+        f.seek(10)
+        f.write(b"\x07\x00")
+    assert "does not match the sha256 in meta.json" in error_of(open_dataset, d, "train")
 
     d = make_dataset(tmp_path / "oov", [[1, 2, 3, 50257]], vocab_size=50257)
     msg = error_of(open_dataset, d, "train")
@@ -1722,7 +1756,8 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     error_of(go(**{**pc_ok, 'base_ckpt': ''}), match=r"arm=pc needs base_ckpt")
     error_of(go(**{**pc_ok, 'compression': 1.5}), match=r"compression=1\.5 must be in \[0, 1\): the fraction")
     error_of(go(**{**ok, 'arm': 'distill'}), match=r"arm='distill' is not one of base, pc, hpr")
-    error_of(go(**{**ok, 'init_from': 'gpt2'}), match=r"init_from='gpt2'")
+    error_of(go(**{**ok, 'init_from': 'gpt5'}), match=r"init_from='gpt5' is not scratch, resume, a pretrained name")
+    error_of(go(**{**pc_ok, 'init_from': 'gpt2'}), match=r"init_from='gpt2' continues training a pretrained model with arm=base")
     error_of(go(**{**ok, 'max_tokens': 1000}), match=r"exactly one of max_iters, max_tokens")
     error_of(go(**{**ok, 'max_iters': 0}), match=r"exactly one of max_iters, max_tokens")
     error_of(go(**{**ok, 'init_from': 'resume'}), match=r"ckpt\.pt' does not exist")
@@ -2602,10 +2637,11 @@ def test_sample_pc_checkpoint(arm_runs, tmp_path):
     error_of(run_sample, f'--init_from={pc_ckpt}', match=r"does not say which tokenizer it was trained with")
     chars = ''.join(chr(ord('0') + i) for i in range(VOCAB))
     paths = {}
+    shutil.copytree(arm_runs['pc'], tmp_path / 'run')   # ckpt.pt names its shares of P and R beside it
     for name in ('ckpt.pt', 'merged.pt'):
         ckpt = torch.load(os.path.join(arm_runs['pc'], name), weights_only=True)
         ckpt['tokenizer'] = dict(tokenizer='char', chars=chars)
-        paths[name] = str(tmp_path / name)
+        paths[name] = str(tmp_path / 'run' / name)
         torch.save(ckpt, paths[name])
     args = ('--start=0123', '--num_samples=2', '--max_new_tokens=8')
     a = run_sample(f"--init_from={paths['ckpt.pt']}", *args)

@@ -47,7 +47,8 @@ from data.loader import Batches, fixed_batches, meta
 # Defaults. Every name here can be set by a config file or --key=value; nothing else can.
 arm = 'base'                # base | pc | hpr
 out_dir = 'out'
-init_from = 'scratch'       # scratch | resume (continue out_dir/ckpt.pt exactly)
+init_from = 'scratch'       # scratch | resume (continue out_dir/ckpt.pt exactly) | a pretrained GPT-2 for
+                            # arm=base to train on (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a model folder)
 # data
 dataset = 'shakespeare_char'  # a prepared folder: a name under data/, or a path
 block_size = 128            # tokens per sequence
@@ -63,7 +64,7 @@ bias = True
 tie_embeddings = True
 dropout = 0.0
 # compression (arm=pc and arm=hpr)
-base_ckpt = ''              # checkpoint of the base written by arm=base
+base_ckpt = ''              # the base: a checkpoint written by arm=base, a model folder, or gpt2* (gpt.load_base)
 compression = 0.5           # fraction of the base's parameters to remove; 0 to give widths instead
 compressed_n_embd = 0       # explicit compressed widths (used when compression=0)
 compressed_d_ff = 0
@@ -157,14 +158,6 @@ def parse_args(argv):
     return cfg
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # What the numeric settings must be, checked before any work: (test, the rule in words).
 positive, not_negative = (lambda v: v > 0, 'be positive'), (lambda v: v >= 0, 'not be negative')
 below_one = (lambda v: 0 <= v < 1, 'be in [0, 1)')
@@ -178,7 +171,7 @@ RULES = {**{k: positive for k in ('block_size', 'batch_size', 'grad_accum', 'eva
          'compression': (lambda v: 0 <= v < 1, "be in [0, 1): the fraction of the base's parameters to "
                          "remove (0: give compressed_n_embd or compressed_d_ff)"),
          'distill_alpha': (lambda v: 0 <= v <= 1, 'be in [0, 1]')}
-CHOICES = dict(arm=('base', 'pc', 'hpr'), init_from=('scratch', 'resume'), importance=pc.METHODS,
+CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS,
                proj_dtype=('auto', *PROJ_DTYPES))
 
 
@@ -190,6 +183,12 @@ def check_settings(cfg):
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             raise SystemExit(f"error: {key}={cfg[key]!r} is not one of {', '.join(allowed)}")
+    if cfg['init_from'] not in ('scratch', 'resume', *gpt.PRETRAINED) and not os.path.isdir(cfg['init_from']):
+        raise SystemExit(f"error: init_from={cfg['init_from']!r} is not scratch, resume, a pretrained name "
+                         f"({', '.join(gpt.PRETRAINED)}) or a model folder")
+    if cfg['init_from'] not in ('scratch', 'resume') and cfg['arm'] != 'base':
+        raise SystemExit(f"error: init_from={cfg['init_from']!r} continues training a pretrained model with "
+                         f"arm=base; to compress it, pass it as base_ckpt")
     if cfg['min_lr'] > cfg['learning_rate']:
         raise SystemExit(f"error: min_lr={cfg['min_lr']} is above learning_rate={cfg['learning_rate']}")
     dev = cfg['device']
@@ -483,10 +482,10 @@ def load_projected(path, map_location='cpu'):
     ckpt = gpt.load_checkpoint(path, map_location)
     if ckpt.get('kind') != 'pc':
         raise SystemExit(f"error: '{path}' is not a PC checkpoint; use gpt.load_gpt for a plain GPT")
-    if not os.path.isfile(ckpt['base_ckpt']) or file_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
+    if not os.path.exists(ckpt['base_ckpt']) or gpt.base_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
         raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
                          f"missing or has changed")
-    base = gpt.load_gpt(ckpt['base_ckpt'], map_location)
+    base, _ = gpt.load_base(ckpt['base_ckpt'], map_location)
     projected = pc.ProjectedGPT(base, ckpt['keep'], residual=ckpt['config']['residual'],
                                 proj_dtype=PROJ_DTYPES[ckpt['proj_dtype']])
     shares, _ = load_shards(ckpt, path, projected.names)
@@ -592,6 +591,15 @@ def check_writable(folder):
         raise SystemExit(f"error: out_dir={folder} cannot be written: {existing} {why}; pick another out_dir")
 
 
+def check_tokenizer(model_tokenizer, data_tokenizer, model_name, dataset):
+    """A model trained on one tokenizer's ids cannot read another's: refuse when both are known."""
+    if model_tokenizer and data_tokenizer and model_tokenizer != data_tokenizer:
+        what = lambda t: t['tokenizer'] + (f" ({len(t.get('chars', ''))} characters)" if 'chars' in t else '')
+        raise SystemExit(f"error: {model_name} reads {what(model_tokenizer)} tokens but dataset {dataset} is "
+                         f"{what(data_tokenizer)} tokens; prepare the data with the model's tokenizer "
+                         f"(GPT-2 BPE: data/shakespeare, data/c4)")
+
+
 def check_resume(r, resume):
     """A resume continues the same run: same arm, and the settings that shape the model."""
     c, cfg = r.c, r.cfg
@@ -620,18 +628,23 @@ def build_model(r, resume, data_dir, vocab):
     if c.arm == 'base':
         if resume is not None:
             mcfg = gpt.GPTConfig(**resume['model_args'])
+        elif c.init_from != 'scratch':   # a pretrained GPT-2, trained further, as nanoGPT does
+            pretrained, where = gpt.load_pretrained(c.init_from, dropout=c.dropout)
+            check_tokenizer(where['tokenizer'], r.tokenizer, c.init_from, c.dataset)
+            mcfg = pretrained.config
         elif c.preset:
             mcfg = gpt.preset(c.preset, block_size=c.block_size, dropout=c.dropout)
         else:
             mcfg = gpt.GPTConfig(block_size=c.block_size, vocab_size=vocab, n_layer=c.n_layer,
                                  n_head=c.n_head, n_embd=c.n_embd, d_ff=c.d_ff, bias=c.bias,
                                  tie_embeddings=c.tie_embeddings, dropout=c.dropout)
-        r.model = gpt.GPT(mcfg)
+        r.model = pretrained if c.init_from not in ('scratch', 'resume') else gpt.GPT(mcfg)
     else:
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
-        base = gpt.load_gpt(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
-        r.base_info = dict(base_ckpt=os.path.abspath(c.base_ckpt), base_sha256=file_sha256(c.base_ckpt))
+        base, info = gpt.load_base(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
+        check_tokenizer(info['tokenizer'], r.tokenizer, c.base_ckpt, c.dataset)
+        r.base_info = dict(base_ckpt=info['source'], base_sha256=info['sha256'])
         if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:
             raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {r.ckpt_path} was "
                              f"trained from ({resume.get('base_ckpt')}); pass that one as base_ckpt")
@@ -846,10 +859,8 @@ def finish(r):
             summary['merged_val_loss'] = merged_val
         if r.master:
             summary['config'] = dict(r.cfg)
-            tmp = os.path.join(c.out_dir, f'summary.json.{os.getpid()}.tmp')
-            with open(tmp, 'w') as f:
-                json.dump(summary, f, indent=1)
-            os.replace(tmp, os.path.join(c.out_dir, 'summary.json'))
+            text = json.dumps(summary, indent=1).encode()
+            gpt.write_atomic(os.path.join(c.out_dir, 'summary.json'), lambda f: f.write(text))
     if r.world > 1:
         del r.runner   # DDP's reducer uses the process group: release it before the group goes
         leave_group()

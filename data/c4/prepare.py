@@ -11,6 +11,7 @@ file is written under a temporary name first, so a killed run loses only the
 shards it was working on. One train shard is ~356k documents, ~170M tokens.
 """
 import argparse
+import glob
 import gzip
 import hashlib
 import json
@@ -25,6 +26,7 @@ import numpy as np
 # run as a script from anywhere: make the repo root importable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.tokenizer import gpt2  # noqa: E402
+from gpt import write_atomic  # noqa: E402
 
 URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/{}"
 SHARDS = {"train": ("c4-train", 1024), "val": ("c4-validation", 8)}  # file prefix, shards in C4 en
@@ -49,14 +51,18 @@ def fetch(name, src, raw):
     if not os.path.exists(path):
         url = URL.format(name)
         print(f"downloading {url}", flush=True)
+        def download(f):
+            try:
+                with urllib.request.urlopen(url, timeout=60) as r:
+                    while chunk := r.read(1 << 22):
+                        f.write(chunk)
+            except (urllib.error.URLError, TimeoutError) as e:   # no network, HTTP errors, timeouts
+                raise RuntimeError(f"error: download of {url} failed ({e}): check the network, or "
+                                   f"download the shards yourself and pass --src=DIR")
         try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(path + ".tmp", "wb") as f:
-                while chunk := r.read(1 << 22):
-                    f.write(chunk)
-        except OSError as e:  # URLError, HTTPError, timeouts, disk full
-            raise RuntimeError(f"error: download of {url} failed ({e}): check the network, "
-                               f"or download the shards yourself and pass --src=DIR")
-        os.replace(path + ".tmp", path)
+            write_atomic(path, download)
+        except SystemExit as e:   # write_atomic's line: the disk is full or the folder read-only
+            raise RuntimeError(str(e.code))
     return path
 
 
@@ -74,32 +80,55 @@ def tokenize(job):
         sha.update(data)
         buf.clear()
 
-    try:
-        with gzip.open(gz, "rt", encoding="utf-8") as lines, open(path + ".tmp", "wb") as f:
-            for n, line in enumerate(lines, 1):  # {"text": ..., "timestamp": ..., "url": ...}
-                text = json.loads(line)["text"]
-                if not isinstance(text, str):
-                    raise ValueError(f"line {n}: 'text' is a {type(text).__name__}, not a string")
-                buf.extend(enc.encode_ordinary(text))
-                buf.append(enc.eot_token)
-                docs += 1
-                if len(buf) >= FLUSH:
-                    flush(f)
-            flush(f)
-    except (OSError, EOFError, ValueError, KeyError) as e:  # bad gzip, bad json, no "text", disk full
+    def write(f):
+        nonlocal docs
+        try:
+            with gzip.open(gz, "rt", encoding="utf-8") as lines:
+                for n, line in enumerate(lines, 1):  # {"text": ..., "timestamp": ..., "url": ...}
+                    text = json.loads(line)["text"]
+                    if not isinstance(text, str):
+                        raise ValueError(f"line {n}: 'text' is a {type(text).__name__}, not a string")
+                    buf.extend(enc.encode_ordinary(text))
+                    buf.append(enc.eot_token)
+                    docs += 1
+                    if len(buf) >= FLUSH:
+                        flush(f)
+        except (OSError, EOFError) as e:   # a bad gzip: a reading error, not a writing one
+            raise ValueError(f"cannot read it: {e}")
+        flush(f)
+
+    try:   # under a name unique to this process: a worker left running by a killed parent never collides
+        write_atomic(path, write)
+    except (ValueError, KeyError) as e:  # bad gzip, bad json, no "text", a text that is no string
         raise RuntimeError(f"error: failed on {gz} ({e!r}): if it is corrupt, delete it and re-run")
-    os.replace(path + ".tmp", path)
+    except SystemExit as e:   # write_atomic's line: the disk is full or the folder read-only
+        raise RuntimeError(str(e.code))
     entry = {"file": rel, "tokens": os.path.getsize(path) // 2, "sha256": sha.hexdigest()}
     return split, entry, docs, time.time() - t0
+
+
+def remove_stale_temporaries(out):
+    """Partial files of killed runs (`<name>.<pid>.tmp`, their writer gone). A worker that outlived
+    its killed parent is still writing its own, under its own pid: that one is left alone, and no
+    new writer ever shares its name."""
+    for tmp in glob.glob(os.path.join(glob.escape(out), "*", "*.tmp")):
+        pid = tmp.rsplit(".", 2)[-2]
+        try:
+            if pid.isdigit():
+                os.kill(int(pid), 0)   # raises if no such process
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:        # alive, someone else's
+            continue
+        os.remove(tmp)
 
 
 def write_meta(out, done, complete):
     meta = {"vocab_size": 50257, "tokenizer": "gpt2", "dataset": "allenai/c4 en", "complete": complete,
             "splits": {split: [done[split][k] for k in sorted(done[split])] for split in SHARDS}}
-    path = os.path.join(out, "meta.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(path + ".tmp", path)
+    text = json.dumps(meta, indent=1).encode()
+    write_atomic(os.path.join(out, "meta.json"), lambda f: f.write(text))
 
 
 def main(argv=None):
@@ -139,6 +168,7 @@ def main(argv=None):
                          f"--src must be the folder with the C4 en json.gz shards")
     for d in ("train", "val") if args.src else ("train", "val", "raw"):
         os.makedirs(os.path.join(args.out, d), exist_ok=True)
+    remove_stale_temporaries(args.out)
 
     workers = max(1, min(args.workers, len(todo)))
     print(f"{sum(map(len, done.values()))} shard(s) already done, {len(todo)} to do with {workers} worker(s)")

@@ -12,8 +12,13 @@ import hashlib
 import json
 import os
 import re
+import sys
 
 import numpy as np
+
+# run as a script from anywhere: make the repo root importable
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from gpt import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "shakespeare.txt.gz")
@@ -45,17 +50,14 @@ def title(work):
 def write_bin(path, ids):
     """Write uint16 ids to path atomically; return the manifest entry for meta.json."""
     data = np.asarray(ids, dtype=np.uint16).tobytes()
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)  # an interrupted run never leaves a finished-looking file
+    write_atomic(path, lambda f: f.write(data))  # an interrupted run never leaves a finished-looking file
     return {"file": os.path.basename(path), "tokens": len(data) // 2,
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)
+    text = json.dumps(obj, indent=1).encode()
+    write_atomic(path, lambda f: f.write(text))
 
 
 def main():
