@@ -583,7 +583,11 @@ def flops_row(label, base_cfg, small_cfg, removed, tokens, compression):
                 static_pc_over_hpr=mem['pc_over_hpr'], static_pc_over_base=mem['pc_over_base'],
                 tokens_per_step=tokens, proj_fwd_flops=fwd, proj_bwd_flops=bwd,
                 proj_flops=fwd + bwd, step_flops=step, fraction=(fwd + bwd) / step,
-                tokens_for_1pct=(fwd + bwd) / (0.01 * per_token))
+                tokens_for_1pct=(fwd + bwd) / (0.01 * per_token),
+                # distillation (distill_alpha > 0): the base runs forward on every token, a third of
+                # its training FLOPs per token, for either arm
+                teacher_flops=gpt.flops_per_token(base_cfg) / 3 * tokens,
+                teacher_fraction=gpt.flops_per_token(base_cfg) / 3 * tokens / step)
 
 
 def process_row(label, base_cfg, small_cfg, tokens, world, compression):
@@ -786,12 +790,13 @@ def main(argv=None):
             [('item', 'item', 's'), ('base', 'base', 'mib'), ('HPR', 'hpr', 'mib'), ('PC', 'pc', 'mib')],
             mem_rows)
     add('FLOPs on paper (projection = build W_c + backward into P, R, once per step; '
-        'step = gpt.flops_per_token(compressed) x tokens)',
+        'step = gpt.flops_per_token(compressed) x tokens; teacher = the base\'s forward on every token '
+        'when distilling, either arm)',
         [('model', 'model', 's'), ('compr', 'compression', 'x'), ('removed', 'removed', 'x'),
          ('d', 'n_embd', 'int'), ('f', 'd_ff', 'int'), ('tokens/step', 'tokens_per_step', 'int'),
          ('proj fwd', 'proj_fwd_flops', 'g'), ('proj bwd', 'proj_bwd_flops', 'g'),
          ('step', 'step_flops', 'g'), ('proj/step', 'fraction', 'pct'),
-         ('tokens for 1%', 'tokens_for_1pct', 'int')], flops)
+         ('tokens for 1%', 'tokens_for_1pct', 'int'), ('teacher/step', 'teacher_fraction', 'pct')], flops)
     if processes:
         add("train.py's optimizer step at 1 and 2 processes (torchrun, gloo, one thread each; the same "
             "global batch; median wall ms per step)",

@@ -2120,11 +2120,12 @@ MEM_PARTS = ['frozen_base', 'projections', 'residuals', 'optimizer_state', 'mode
 FLOP_KEYS = ['model', 'compression', 'removed', 'n_embd', 'd_ff', 'compressed_params',
              'tokens_per_step', 'proj_fwd_flops', 'proj_bwd_flops', 'proj_flops', 'step_flops',
              'fraction', 'tokens_for_1pct', 'base_params', 'p_params', 'r_params', 'static_base_bytes',
-             'static_hpr_bytes', 'static_pc_bytes', 'static_pc_over_hpr', 'static_pc_over_base']
+             'static_hpr_bytes', 'static_pc_bytes', 'static_pc_over_hpr', 'static_pc_over_base',
+             'teacher_flops', 'teacher_fraction']
 MD_HEADERS = ['tokens/step', 'HPR ms', 'PC ms', 'naive ms', 'PC/HPR', 'naive/HPR', 'naive/PC',
               'projection_phase', 'fixed_cost', 'first measured', 'interpolated', 'model', '1+fixed/HPR',
               'peak (measured)', 'frozen_base', 'saved_projection_graph', 'static (parts without activations)',
-              'proj/step', 'tokens for 1%', 'PC GiB', 'PC/base', 'PC GiB bf16 base', 'W_c MB', 'DDP MB',
+              'proj/step', 'tokens for 1%', 'PC GiB', 'PC/base', 'PC GiB bf16 base', 'W_c MB', 'DDP MB', 'teacher/step',
               "train.py's optimizer step at 1 and 2 processes"]
 
 
@@ -2186,6 +2187,10 @@ def test_bench_quick(tmp_path):
         for k in FLOP_KEYS[1:]:
             assert positive(f[k]), (k, f[k])
         assert f['proj_bwd_flops'] <= 2 * f['proj_fwd_flops']   # the usual 2x is an upper bound
+        # the teacher's forward: a third of the base's training FLOPs per token, against the step
+        assert f['teacher_fraction'] == pytest.approx(
+            f['teacher_flops'] / f['step_flops']) and 0.5 < f['teacher_fraction'] / (
+            f['base_params'] / f['compressed_params'] / 3) < 1.5
 
     # 4. train.py at 1 and 2 processes, measured; and the per-process model at the paper's shapes
     measured = on_disk['processes']['measured']
