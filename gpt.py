@@ -272,8 +272,8 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint '{path}' does not exist; train one with train.py "
                          f"or check the path")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    try:   # memory-mapped: under torchrun the processes share one copy in the page cache
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:   # truncated file, a non-torch file, a pickle with code in it
         raise SystemExit(f"error: '{path}' is not a readable checkpoint ({type(e).__name__}); "
                          f"point at a .pt file written by train.py")
