@@ -196,6 +196,11 @@ def check_settings(cfg):
         raise SystemExit(f"error: device='{dev}' is not supported; use auto, cpu or cuda (cuda:N)")
     if dev.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit(f"error: device='{dev}' but this machine has no CUDA GPU; use --device=auto")
+    lengths = {k: cfg[k] for k in ('max_iters', 'max_tokens', 'tokens_per_param') if cfg[k]}
+    if len(lengths) != 1:
+        raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
+                         f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
+                         f"set the others to 0, e.g. --tokens_per_param=0")
     if cfg['distill_alpha'] and cfg['arm'] == 'base':
         raise SystemExit("error: distillation needs a teacher: use it with arm=pc or arm=hpr (the base is the teacher)")
     return SimpleNamespace(**cfg)
@@ -426,7 +431,7 @@ def save_checkpoint(r, path):
     write non-finite weights, so the last good checkpoint is never replaced by a broken one."""
     named = dict(r.named)
     mine = {n: p.detach() for n, p in named.items() if n.startswith('proj.')}   # PC's share
-    rest = r.saved_module.state_dict() if r.projected is None else \
+    rest = r.model.state_dict() if r.projected is None else \
         {n: p.detach() for n, p in named.items() if not n.startswith('proj.')}
     finite = torch.tensor([float(all(torch.isfinite(t).all() for t in [*mine.values(), *rest.values()]))])
     if r.world > 1:
@@ -557,11 +562,6 @@ def setup(cfg):
     r.train_batches = Batches(data_dir, 'train', c.block_size, c.batch_size, c.seed, rank, world)
     r.val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
     r.tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
-    lengths = {k: cfg[k] for k in ('max_iters', 'max_tokens', 'tokens_per_param') if cfg[k]}
-    if len(lengths) != 1:
-        raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
-                         f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
-                         f"set the others to 0, e.g. --tokens_per_param=0")
     r.total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * r.n_model) / r.tokens_per_iter))
     r.it, r.best_val, r.val = 0, float('inf'), None
     r.loss_sum, r.loss_steps, r.train_time = torch.zeros((), device=dev), 0, 0.0
@@ -682,7 +682,6 @@ def build_model(r, resume, data_dir, vocab):
         raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
                          f"{r.model.config.vocab_size}; pick a matching dataset")
     r.model.to(r.dev)
-    r.saved_module = r.projected if r.projected is not None else r.model
 
 
 def restore(r, resume):
