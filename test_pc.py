@@ -474,6 +474,28 @@ def test_cost_free_gradients_equal_naive(tied):
         opt.zero_grad(set_to_none=True)
 
 
+def test_bfloat16_projections_stay_close_to_float32():
+    """proj_dtype=bfloat16 (CUDA's default) computes W_c from a bf16 base with bf16 matmuls: at step 0
+    it is HPR's weights rounded to bf16, exactly; after P has moved it stays within a few bf16
+    roundings (2^-8 relative) of the float32 W_c, and P, R stay float32."""
+    base, keep, pc32 = make_pc(tied=False)
+    pc16 = ProjectedGPT(base, keep, proj_dtype=torch.bfloat16)
+    hp = dict(hard_prune(base, keep).named_parameters())
+    for name, proj in pc16.projections():
+        assert proj.weight.dtype == torch.bfloat16 and all(
+            p.dtype == torch.float32 for p in (proj.p_in, proj.p_out, proj.r) if p is not None)
+        assert torch.equal(proj(), hp[name].bfloat16().float()), name
+    opt = adamw(pc32.named_trainable(), 1e-2, 0.1, (0.9, 0.95), 'cpu')
+    for s in range(3):
+        pc_step(pc32, opt, [batch(130 + s)])
+    pc16.load_state_dict(pc32.state_dict(), strict=False)      # the same trained P, R and vectors
+    worst = 0.0
+    for (name, p32), (_, p16) in zip(pc32.projections(), pc16.projections()):
+        w32, w16 = p32(), p16()
+        worst = max(worst, ((w16 - w32).abs().max() / w32.abs().max()).item())
+    assert 0 < worst < 4 * 2 ** -8, worst
+
+
 def test_frozen_base_and_trained_projections():
     """Training never touches the frozen base (each Projection.weight buffer is the base's own
     tensor, which stays bitwise equal); R starts at exactly zero and moves; every P leaves its 0/1
