@@ -154,6 +154,7 @@ def main(argv=None):
         print(f"{len(pool)} candidates")
         return None
     chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
+    sources = {f: open(os.path.join(HERE, f)).read() for f in files}   # as mutated, whatever happens later
     workdirs = []
     tmp = tempfile.mkdtemp(prefix='mutate-')
     for j in range(args.jobs):
@@ -168,7 +169,7 @@ def main(argv=None):
             verdict, secs = run_mutant(m, wd, args.timeout)
         finally:
             free.append(wd)
-        line = open(os.path.join(HERE, m[0])).read().splitlines()[m[1] - 1].strip()
+        line = sources[m[0]].splitlines()[m[1] - 1].strip()
         results.append(dict(file=m[0], line=m[1], change=m[6], code=line, verdict=verdict, seconds=round(secs, 1)))
         print(f"{verdict:16s} {m[0]}:{m[1]} {m[6]}: {line[:90]}", flush=True)
 

@@ -816,10 +816,11 @@ def run_c4(src, out, workers=1):
 
 
 @pytest.fixture
-def c4(tmp_path):
+def c4(tmp_path, monkeypatch):
     src, out = tmp_path / "src", tmp_path / "c4"
     src.mkdir()
     texts = write_c4_shards(src)
+    monkeypatch.setattr(c4_prep, "FLUSH", 100)   # a shard goes out in many pieces, as a real one does
     run_c4(src, out, workers=2)
     return src, out, texts
 
