@@ -253,9 +253,9 @@ def bench_fixed_cost(args, hpr, pcm, opts):
         for p, g in zip(trained, adam_grads):
             p.grad = g
 
-    def materialize():
+    def materialize():            # as in a step: with the graph, dropped as backward_projections would
         pcm.materialize()
-        pcm._wc = None            # drop the graph, as backward_projections would
+        pcm._wc = None
 
     def give_wc_grads():
         for p, g in zip(pcm.matrices(), wc_grads):
@@ -541,7 +541,7 @@ def process_shares(base_cfg, small_cfg, world, base_bytes=4):
     its projection forward and backward FLOPs and its elements of frozen base, P, R and the saved
     intermediate (W_c has R's shape)."""
     shapes = {name: (o, i) for name, o, i, *_ in projected_shapes(base_cfg, small_cfg)}
-    costs = train.projection_costs(shapes, small_cfg.n_embd, small_cfg.d_ff)
+    costs = pc.projection_costs(shapes, small_cfg.n_embd, small_cfg.d_ff)
     owner = train.share_out(costs, world, base_bytes)
     shares = [dict(fwd=0, bwd=0, frozen=0, p=0, r=0, inter=0) for _ in range(world)]
     for name, c in costs.items():

@@ -197,10 +197,11 @@ def compressed_config(cfg, compression=None, n_embd=None, d_ff=None, multiple_of
 # HPR: the hard-pruned model.
 
 @torch.no_grad()
-def hard_prune(model, keep):
-    """An ordinary smaller GPT holding the kept slices of every base tensor; retrain it normally."""
-    cfg = replace(model.config, n_embd=len(keep['D']), d_ff=keep['F'].shape[1],
-                  head_dim=model.config.head_dim)
+def hard_prune(model, keep, dropout=None):
+    """An ordinary smaller GPT holding the kept slices of every base tensor; retrain it normally.
+    (dropout: the smaller GPT's; None keeps the base's.)"""
+    cfg = replace(model.config, n_embd=len(keep['D']), d_ff=keep['F'].shape[1], head_dim=model.config.head_dim,
+                  dropout=model.config.dropout if dropout is None else dropout)
     small = GPT(cfg).to(next(model.parameters()).device)
     base = dict(model.named_parameters())
     for name, p in small.named_parameters():
@@ -247,10 +248,20 @@ def projection_shapes(name, out_dim, in_dim, n_embd, d_ff):
             in_role is not None, out_role is not None)
 
 
-def projection_cost(name, out_dim, in_dim, n_embd, d_ff):
-    """(forward, backward) FLOPs of one matrix's projection, in the order Projection picks."""
-    shapes = projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
-    return projection_flops(*shapes, out_first=out_first_is_cheaper(*shapes))
+def projection_costs(shapes, n_embd, d_ff):
+    """What each base matrix's projection costs whoever holds it, {name: (out, in)} -> {name: dict}:
+    forward and backward FLOPs (in the order Projection picks) and the elements of its frozen base,
+    of P, of R and of the intermediate saved for the backward (W P_in or P_out W)."""
+    costs = {}
+    for name, (out_dim, in_dim) in shapes.items():
+        s = projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
+        out_c, in_c, has_in, has_out = s[2:]
+        out_first = out_first_is_cheaper(*s)
+        fwd, bwd = projection_flops(*s, out_first=out_first)
+        costs[name] = dict(fwd=fwd, bwd=bwd, frozen=out_dim * in_dim, r=out_c * in_c,
+                           p=(in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0),
+                           inter=0 if not (has_in and has_out) else out_c * in_dim if out_first else out_dim * in_c)
+    return costs
 
 
 class Projection(nn.Module):
@@ -296,13 +307,13 @@ class ProjectedGPT(nn.Module):
     `owned` (names of GPT matrices; None: all) is the share of the projections this process keeps:
     under torchrun each process builds, trains and steps only its own (train.py shares out the
     matrices and sends each new W_c to the others). A matrix it does not own keeps no base slice, P or
-    R here; its value in `self.gpt` is whatever it was last given (the hard-pruned slice at step 0,
-    which is its W_c)."""
+    R here; its value in `self.gpt` is whatever it was last given (the hard-pruned slice at first:
+    train.py sends every W_c before the first step uses it)."""
 
-    def __init__(self, base, keep, residual=True, proj_dtype=None, owned=None):
+    def __init__(self, base, keep, residual=True, proj_dtype=None, owned=None, dropout=None):
         super().__init__()
         self.keep = {k: v.clone() for k, v in keep.items()}
-        self.gpt = hard_prune(base, keep)   # vectors now hold their kept entries, matrices W_c at step 0
+        self.gpt = hard_prune(base, keep, dropout)   # vectors hold their kept entries, matrices the slices
         self.proj = nn.ModuleDict()
         self.names = []                     # the projected matrices this process owns, by GPT name
         for name, w in base.named_parameters():
@@ -312,8 +323,7 @@ class ProjectedGPT(nn.Module):
                     w, in_keep=kept(keep, roles[1], layer), out_keep=kept(keep, roles[0], layer),
                     residual=residual, dtype=proj_dtype)
                 self.names.append(name)
-        self.materialize()                  # matrices of self.gpt = W_c at step 0
-        self._wc = None
+        self.materialize(with_graph=False)   # matrices of self.gpt = W_c at step 0
 
     def projections(self):
         return [(n, self.proj[n.replace('.', '_')]) for n in self.names]
@@ -328,13 +338,16 @@ class ProjectedGPT(nn.Module):
         vectors = [(f'gpt.{n}', p) for n, p in self.gpt.named_parameters() if n not in matrices]
         return [(f'proj.{n}', p) for n, p in self.proj.named_parameters()] + vectors
 
-    def materialize(self):
-        """Compute every W_c once, keep its small autograd graph, and load the values into the GPT."""
-        self._wc = []
-        for (name, proj), p in zip(self.projections(), self.matrices()):
-            wc = proj()
-            p.data = wc.detach()   # the GPT's matrix now *is* W_c: shared memory, no second copy
-            self._wc.append(wc)
+    def materialize(self, with_graph=True):
+        """Compute every W_c once and load the values into the GPT; with_graph keeps the small autograd
+        graph that backward_projections needs (a step that only evaluates needs none)."""
+        self._wc = [] if with_graph else None
+        with torch.set_grad_enabled(with_graph):
+            for (name, proj), p in zip(self.projections(), self.matrices()):
+                wc = proj()
+                p.data = wc.detach()   # the GPT's matrix now *is* W_c: shared memory, no second copy
+                if with_graph:
+                    self._wc.append(wc)
 
     def backward_projections(self):
         """Push the W_c gradients the micro-batches accumulated in the GPT's matrices through the

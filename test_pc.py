@@ -1287,15 +1287,20 @@ def test_early_checkpoint(dataset, tmp_path):
 # ------------------------------------------------------------------------------------ resume
 
 def test_resume_refuses_other_settings(dataset, base_run, tmp_path):
-    """A resume whose model settings differ from the checkpoint's, or whose length the checkpoint
+    """A resume whose settings differ from the checkpoint's in anything it computes, or whose length the checkpoint
     has already passed, is refused with one line instead of training something else (or forever)."""
     out = str(tmp_path / 'r')
     run(dataset, out, arm='base', max_iters=4, eval_interval=2, stop_iter=2)
     error_of(lambda: run(dataset, out, arm='base', max_iters=4, eval_interval=2, n_layer=3,
-                         init_from='resume'), match=r"other model settings: n_layer=3 \(checkpoint: 2\)")
-    run(dataset, out, arm='base', max_iters=4, eval_interval=2, init_from='resume')
-    error_of(lambda: run(dataset, out, arm='base', max_iters=3, eval_interval=2, init_from='resume'),
-             match=r"is at iter 4, past this run's length \(3 iters\)")
+                         init_from='resume'), match=r"other settings: n_layer=3 \(checkpoint: 2\)")
+    # anything that changes what the run computes: the batch, the schedule, the data stream
+    for change in (dict(batch_size=8), dict(learning_rate=0.02), dict(seed=7), dict(max_iters=5),
+                   dict(grad_accum=2), dict(eval_iters=3), dict(warmup_iters=1)):
+        key = next(iter(change))
+        error_of(lambda: run(dataset, out, arm='base', eval_interval=2, init_from='resume',
+                             **{'max_iters': 4, **change}), match=rf"other settings: {key}=")
+    # what it only writes or how it runs may change
+    run(dataset, out, arm='base', max_iters=4, eval_interval=1, log_interval=3, init_from='resume')
 
 
 @pytest.mark.parametrize('arm', ['base', 'pc', 'hpr'])
@@ -1342,9 +1347,9 @@ def test_pc_projections_run_once_per_step(dataset, base_run, tmp_path, monkeypat
     the naive forward is never called."""
     calls = {'materialize': 0, 'naive': 0}
     real_materialize, real_forward = pc.ProjectedGPT.materialize, pc.ProjectedGPT.forward
-    def materialize(self):
+    def materialize(self, *a, **k):
         calls['materialize'] += 1
-        return real_materialize(self)
+        return real_materialize(self, *a, **k)
     def forward(self, *a, **k):
         calls['naive'] += 1
         return real_forward(self, *a, **k)
@@ -1620,6 +1625,25 @@ def test_resume_between_log_records(dataset, base_run, tmp_path):
         assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
 
 
+def test_resume_from_the_first_checkpoint(dataset, base_run, tmp_path, monkeypatch):
+    """A run killed before its second checkpoint resumes from the one written at iteration 0 (no
+    AdamW state yet) and ends where the uninterrupted run ends."""
+    over = dict(arm_overrides('pc', base_run), max_iters=4, eval_interval=100)
+    run(dataset, tmp_path / 'a', **over)
+    real = train.train_step
+    def killed(r):
+        if r.it == 2:
+            raise KeyboardInterrupt
+        return real(r)
+    monkeypatch.setattr(train, 'train_step', killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset, tmp_path / 'b', **over)
+    monkeypatch.undo()
+    assert load_ckpt(tmp_path / 'b')['iter'] == 0 and load_ckpt(tmp_path / 'b')['optimizer'] == {}
+    run(dataset, tmp_path / 'b', init_from='resume', **over)
+    assert_same_tensors(trained_state(tmp_path / 'a')[1], trained_state(tmp_path / 'b')[1])
+
+
 def test_summary_describes_its_checkpoint(dataset, tmp_path):
     """summary.json means 'finished': a fresh run into a finished run's folder removes it (and the
     merged model) at once, so an interrupted rerun never leaves the old summary beside a new,
@@ -1849,7 +1873,7 @@ def ddp_runs(dataset, base_run, tmp_path_factory):
     """2-process runs (base; PC uninterrupted; PC stopped at 3 then resumed at 2 processes) and the
     1-process runs of the same global batch."""
     d = tmp_path_factory.mktemp('ddp')
-    arms = {'base': dict(arm='base', **DDP_LEN),
+    arms = {'base': dict(arm='base', dropout=0.1, **DDP_LEN),   # dropout: masks follow the micro-batch
             'pc': dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **DDP_LEN)}
     procs = {arm: launch(dataset, d / f'two_{arm}', **over) for arm, over in arms.items()}
     procs['stop'] = launch(dataset, d / 'two_pc_resumed', stop_iter=3, **arms['pc'])
@@ -1904,12 +1928,14 @@ def test_each_process_holds_only_its_projections(ddp_runs, base_run):
     base = load_gpt(base_run['ckpt'])
     matrices = [n for n, p in base.named_parameters() if p.dim() == 2]
     assert list(ck['owner']) == matrices and set(ck['owner'].values()) == {0, 1}
-    costs = train.projection_costs({n: tuple(p.shape) for n, p in base.named_parameters() if p.dim() == 2},
-                                   len(ck['keep']['D']), ck['keep']['F'].shape[1])
+    costs = pc.projection_costs({n: tuple(p.shape) for n, p in base.named_parameters() if p.dim() == 2},
+                                len(ck['keep']['D']), ck['keep']['F'].shape[1])
     assert ck['owner'] == train.share_out(costs, 2)
     flops = {n: c['fwd'] + c['bwd'] for n, c in costs.items()}
-    assert flops == {n: sum(pc.projection_cost(n, *p.shape, len(ck['keep']['D']), ck['keep']['F'].shape[1]))
-                     for n, p in base.named_parameters() if p.dim() == 2}
+    width, f = len(ck['keep']['D']), ck['keep']['F'].shape[1]
+    assert flops == {n: sum(pc.projection_flops(*s, out_first=pc.out_first_is_cheaper(*s)))
+                     for n, p in base.named_parameters() if p.dim() == 2
+                     for s in [pc.projection_shapes(n, *p.shape, width, f)]}
     load = [sum(c for n, c in flops.items() if ck['owner'][n] == k) for k in (0, 1)]
     assert abs(load[0] - load[1]) <= max(flops.values())          # balanced to within one matrix
     for k, file in enumerate(ck['shards']):
@@ -1940,7 +1966,7 @@ def test_sharded_resume(ddp_runs, dataset):
     assert_same_tensors(drop_key_bias(sa), drop_key_bias(s1), atol=1e-6)
     # a share that went missing: one line naming it
     os.remove(one / c1['shards'][0])
-    error_of(train_job, make_cfg(dataset, one, init_from='resume', **{**arms['pc'], 'max_iters': 8}),
+    error_of(train_job, make_cfg(dataset, one, init_from='resume', **arms['pc']),
              match=r"a part of .*ckpt\.pt, is missing or incomplete")
 
 
@@ -2011,7 +2037,7 @@ def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
                   importance='random', max_iters=4, eval_interval=2, grad_accum=2)
     code, out = finish(proc, timeout=120)
     assert code != 0 and time.time() - t0 < 120
-    assert out.count('error: the 2 processes disagree on settings, kept_dimensions') >= 1, out[-2000:]
+    assert out.count('error: the 2 processes disagree on settings: start them all') >= 1, out[-2000:]
     assert not (tmp_path / 'apart' / 'ckpt.pt').exists()
     code, out = finish(launch(dataset, tmp_path / 'probe', script=str(wrapper), probe=True))
     assert code == 0, out[-2000:]

@@ -31,7 +31,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from datetime import timedelta
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 import torch
@@ -158,28 +158,27 @@ def parse_args(argv):
     return cfg
 
 
-# What the numeric settings must be, checked before any work: (test, the rule in words).
-positive, not_negative = (lambda v: v > 0, 'be positive'), (lambda v: v >= 0, 'not be negative')
-below_one = (lambda v: 0 <= v < 1, 'be in [0, 1)')
-RULES = {**{k: positive for k in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters',
-                                  'log_interval', 'importance_batches', 'width_multiple',
-                                  'learning_rate', 'distill_temperature')},
-         **{k: not_negative for k in ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter',
-                                      'warmup_iters', 'compressed_n_embd', 'compressed_d_ff', 'min_lr',
-                                      'weight_decay', 'grad_clip', 'peak_flops')},
-         **{k: below_one for k in ('beta1', 'beta2', 'dropout', 'early_ckpt_frac')},
-         'compression': (lambda v: 0 <= v < 1, "be in [0, 1): the fraction of the base's parameters to "
-                         "remove (0: give compressed_n_embd or compressed_d_ff)"),
-         'distill_alpha': (lambda v: 0 <= v <= 1, 'be in [0, 1]')}
-CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS,
-               proj_dtype=('auto', *PROJ_DTYPES))
+# What the numeric settings must be, checked before any work.
+POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval',
+            'importance_batches', 'width_multiple', 'learning_rate', 'distill_temperature')
+NOT_NEGATIVE = ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter', 'warmup_iters', 'compressed_n_embd',
+                'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops')
+BELOW_ONE = ('beta1', 'beta2', 'dropout', 'early_ckpt_frac', 'compression')   # in [0, 1)
+CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS, proj_dtype=('auto', *PROJ_DTYPES))
 
 
 def check_settings(cfg):
     """One line for the first impossible setting, before any work; the settings as attributes."""
-    for key, (ok, rule) in RULES.items():
-        if not ok(cfg[key]):
-            raise SystemExit(f"error: {key}={cfg[key]} must {rule}")
+    for keys, ok, rule in ((POSITIVE, lambda v: v > 0, 'be positive'),
+                           (NOT_NEGATIVE, lambda v: v >= 0, 'not be negative'),
+                           (BELOW_ONE, lambda v: 0 <= v < 1, 'be in [0, 1)')):
+        for key in keys:
+            if not ok(cfg[key]):
+                why = (": the fraction of the base's parameters to remove (0: give compressed_n_embd or "
+                       "compressed_d_ff)" if key == 'compression' else '')
+                raise SystemExit(f"error: {key}={cfg[key]} must {rule}{why}")
+    if not 0 <= cfg['distill_alpha'] <= 1:
+        raise SystemExit(f"error: distill_alpha={cfg['distill_alpha']} must be in [0, 1]")
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
             raise SystemExit(f"error: {key}={cfg[key]!r} is not one of {', '.join(allowed)}")
@@ -259,11 +258,15 @@ def start_processes(c):
         raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
     if 'RANK' not in os.environ:
         return 0, 1, dev
+    if dev.startswith('cuda:'):
+        raise SystemExit(f"error: device={dev} under torchrun: use device=cuda, each process takes the "
+                         f"GPU of its LOCAL_RANK")
     die_with_launcher()
     if dev == 'cuda':
         dev = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend='nccl' if dev.startswith('cuda') else 'gloo',
+    # nccl for CUDA tensors, gloo for the few CPU ones (settings, fingerprints)
+    dist.init_process_group(backend='cpu:gloo,cuda:nccl' if dev.startswith('cuda') else 'gloo',
                             timeout=timedelta(minutes=10))
     return int(os.environ['RANK']), world, dev
 
@@ -285,20 +288,13 @@ def leave_group():
     dist.destroy_process_group()
 
 
-def projection_costs(shapes, n_embd, d_ff):
-    """What each base matrix's projection costs the process that owns it ({name: (out, in)} ->
-    {name: dict}): forward and backward FLOPs, and elements of frozen base, P, R and the
-    intermediate saved for the backward (in pc.Projection's order)."""
-    costs = {}
-    for name, (out_dim, in_dim) in shapes.items():
-        s = pc.projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
-        out_c, in_c, has_in, has_out = s[2:]
-        out_first = pc.out_first_is_cheaper(*s)
-        fwd, bwd = pc.projection_flops(*s, out_first=out_first)
-        costs[name] = dict(fwd=fwd, bwd=bwd, frozen=out_dim * in_dim, r=out_c * in_c,
-                           p=(in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0),
-                           inter=0 if not (has_in and has_out) else out_c * in_dim if out_first else out_dim * in_c)
-    return costs
+def projection_bytes(cost, base_bytes=4):
+    """Bytes one matrix's projection holds (pc.projection_costs' counts): its frozen base slice and,
+    in the projection dtype (base_bytes: 4 float32, 2 bfloat16), the intermediate the backward saves
+    (and, in bfloat16, the saved copies of P); P and R in float32 with gradients and AdamW's two
+    moments (16 bytes an element)."""
+    copies = cost['p'] if base_bytes < 4 else 0
+    return base_bytes * (cost['frozen'] + cost['inter'] + copies) + 16 * (cost['p'] + cost['r'])
 
 
 def share_out(costs, world, base_bytes=4):
@@ -308,7 +304,7 @@ def share_out(costs, world, base_bytes=4):
     AdamW moments, the saved intermediate). FLOPs alone would leave the processes holding the big
     embedding slices with far more memory than the others."""
     flops = {n: c['fwd'] + c['bwd'] for n, c in costs.items()}
-    nbytes = {n: base_bytes * c['frozen'] + 16 * (c['p'] + c['r']) + 4 * c['inter'] for n, c in costs.items()}
+    nbytes = {n: projection_bytes(c, base_bytes) for n, c in costs.items()}
     F, B = sum(flops.values()), sum(nbytes.values())
     load_f, load_b, owner = [0] * world, [0] * world, {}
     for name in sorted(flops, key=lambda n: -flops[n]):   # sorted is stable: ties keep the given order
@@ -320,20 +316,19 @@ def share_out(costs, world, base_bytes=4):
 
 def share_weights(model, owner, rank, world):
     """Send every W_c from the process that owns it to all the others, so every process starts the
-    step with the same compressed GPT: one all_gather of each process's matrices in one flat buffer
-    (padded to the largest share). This is all PC adds to DDP's traffic: one copy of the compressed
-    matrices per step."""
+    step with the same compressed GPT: one broadcast per process, of all its matrices in one flat
+    buffer. This is all PC adds to DDP's traffic: each process receives the W_c it does not own,
+    less than one copy of the compressed matrices per step."""
     params = dict(model.named_parameters())
-    mats = [[params[n] for n, k in owner.items() if k == src] for src in range(world)]
-    sizes = [sum(m.numel() for m in ms) for ms in mats]
-    mine = [m.detach().reshape(-1) for m in mats[rank]]
-    pad = torch.zeros(max(sizes) - sizes[rank], device=next(model.parameters()).device)
-    every = [pad.new_empty(max(sizes)) for _ in range(world)]
-    dist.all_gather(every, torch.cat(mine + [pad]))
     for src in range(world):
+        mats = [params[n] for n, k in owner.items() if k == src]
+        if src == rank:
+            flat = torch.cat([m.detach().reshape(-1) for m in mats])
+        else:
+            flat = torch.empty(sum(m.numel() for m in mats), device=mats[0].device)
+        dist.broadcast(flat, src)
         if src != rank:
-            parts = every[src][:sizes[src]].split([m.numel() for m in mats[src]])
-            for m, part in zip(mats[src], parts):
+            for m, part in zip(mats, flat.split([m.numel() for m in mats])):
                 m.data = part.view_as(m)   # the matrix is its slice of the buffer: no second copy
 
 
@@ -344,7 +339,7 @@ def clip_gradients(sharded, replicated, max_norm, world, longest=0):
     tensors (DDP's) are counted once. With one process this is clip_grad_norm_ itself, bit for bit."""
     norms = lambda ps: [torch.linalg.vector_norm(p.grad) for p in ps if p.grad is not None]
     mine = norms(sharded)
-    if world > 1:
+    if world > 1 and longest:   # (base and HPR have no share: nothing to gather)
         dev = replicated[0].device
         mine = torch.stack(mine) if mine else torch.zeros(0, device=dev)
         padded = torch.cat([mine, mine.new_zeros(longest - len(mine))])   # zeros add nothing
@@ -356,12 +351,10 @@ def clip_gradients(sharded, replicated, max_norm, world, longest=0):
 
 
 def ranks_agree(params, world):
-    """True if every process holds bitwise the same values: compares a float64 fingerprint."""
-    fp = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
-                      for p in params]).flatten()
-    every = [torch.empty_like(fp) for _ in range(world)]
-    dist.all_gather(every, fp)
-    return all(torch.equal(every[0], f) for f in every[1:])
+    """True if every process holds bitwise the same tensors (a sha256 of their bytes, compared)."""
+    every = [None] * world
+    dist.all_gather_object(every, fingerprint(list(params)))
+    return len(set(every)) == 1
 
 
 def fingerprint(value):
@@ -408,58 +401,73 @@ def agree(items, world):
 
 def optimizer_state(optimizer, named):
     """AdamW's state keyed by tensor name, so a run resumes with any split of the projections."""
-    state, names = optimizer.state_dict()['state'], dict(named)
+    state = optimizer.state_dict()['state']
+    by_param = {id(p): n for n, p in named}
     order = [p for g in optimizer.param_groups for p in g['params']]
-    by_param = {id(p): n for n, p in names.items()}
     return {by_param[id(p)]: state[i] for i, p in enumerate(order) if i in state}
 
 
 def load_optimizer_state(optimizer, named, saved):
-    sd = optimizer.state_dict()
+    """Give AdamW back its state by tensor name. A checkpoint written before the first step has none.
+    Every tensor is copied: read from a memory-mapped file, AdamW would update it in place there."""
+    if not saved:
+        return
     by_param = {id(p): n for n, p in named}
     order = [p for g in optimizer.param_groups for p in g['params']]
     missing = [by_param[id(p)] for p in order if by_param[id(p)] not in saved]
     if missing:
         raise SystemExit(f"error: the checkpoint has no optimizer state for {missing[0]} (and "
                          f"{len(missing) - 1} more): it was written by another kind of run")
-    sd['state'] = {i: saved[by_param[id(p)]] for i, p in enumerate(order)}
-    optimizer.load_state_dict(sd)   # casts to each tensor's device, as torch does
+    sd = optimizer.state_dict()
+    sd['state'] = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in saved[by_param[id(p)]].items()}
+                   for i, p in enumerate(order)}
+    optimizer.load_state_dict(sd)   # moves each to its tensor's device, as torch does
 
 
 def save_checkpoint(r, path):
-    """Write the run's state to `path` (and, for PC, each process's share beside it); refuse to
-    write non-finite weights, so the last good checkpoint is never replaced by a broken one."""
+    """Write the run's state to `path`, PC's projections each process's own file beside it; never
+    non-finite weights, so the last good checkpoint is not replaced by a broken one."""
     named = dict(r.named)
-    mine = {n: p.detach() for n, p in named.items() if n.startswith('proj.')}   # PC's share
+    mine = {n: p.detach() for n, p in named.items() if n.startswith('proj.')}   # PC: this process's P, R
     rest = r.model.state_dict() if r.projected is None else \
         {n: p.detach() for n, p in named.items() if not n.startswith('proj.')}
-    finite = torch.tensor([float(all(torch.isfinite(t).all() for t in [*mine.values(), *rest.values()]))])
+    finite = torch.tensor([float(all(torch.isfinite(t).all() for t in [*mine.values(), *rest.values()]))],
+                          device=r.dev)
     if r.world > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not finite.item():
         raise SystemExit(f"error: non-finite weights at iter {r.it}; {path} is not replaced (it holds "
                          f"the last good state); lower learning_rate or check the data")
     opt = optimizer_state(r.optimizer, r.named)
-    shards = []
-    if r.projected is not None:   # every process writes its own P and R
-        shards = [f"{os.path.basename(path)}.{r.it}.{k}of{r.world}" for k in range(r.world)]
-        gpt.save_atomic(dict(model=mine, optimizer={n: s for n, s in opt.items() if n in mine}),
-                        os.path.join(r.c.out_dir, shards[r.rank]))
-        if r.world > 1:
-            dist.barrier()        # every share is on disk before ckpt.pt names it
+    shards = write_shards(r, path, mine, {n: v for n, v in opt.items() if n in mine}) if r.projected else []
     if r.master:
-        sizes = [os.path.getsize(os.path.join(r.c.out_dir, s)) for s in shards]
-        gpt.save_atomic(dict(
-            kind='pc' if r.projected is not None else 'gpt', model_args=asdict(r.model.config),
-            model=rest, optimizer={n: s for n, s in opt.items() if n not in mine},
-            shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it, best_val=r.best_val,
-            config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
-            rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=uuid.uuid4().hex,
-            pending=dict(loss=r.loss_sum.item(), steps=r.loss_steps, time=r.train_time), **r.base_info,
-            **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)
-        for old in glob.glob(glob.escape(path) + '.*of*'):   # older checkpoints' shares
-            if os.path.basename(old) not in shards:
-                os.remove(old)
+        write_main(r, path, rest, {n: v for n, v in opt.items() if n not in mine}, shards)
+
+
+def write_shards(r, path, tensors, optim):
+    """Every process writes its own P and R (and their AdamW state) to `<path>.<iter>.<k>of<n>`; the
+    names of all of them, once every one is on disk."""
+    shards = [f"{os.path.basename(path)}.{r.it}.{k}of{r.world}" for k in range(r.world)]
+    gpt.save_atomic(dict(model=tensors, optimizer=optim), os.path.join(r.c.out_dir, shards[r.rank]))
+    if r.world > 1:
+        dist.barrier()        # every share is on disk before ckpt.pt names it
+    return shards
+
+
+def write_main(r, path, model, optim, shards):
+    """Process 0 writes `path` itself, naming the shares (with their sizes), then removes older
+    checkpoints' shares."""
+    sizes = [os.path.getsize(os.path.join(r.c.out_dir, s)) for s in shards]
+    gpt.save_atomic(dict(
+        kind='pc' if r.projected is not None else 'gpt', model_args=asdict(r.model.config),
+        model=model, optimizer=optim, shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it,
+        best_val=r.best_val, config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
+        rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=uuid.uuid4().hex,
+        pending=dict(loss=r.loss_sum.item(), steps=r.loss_steps, time=r.train_time), **r.base_info,
+        **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)
+    for old in glob.glob(glob.escape(path) + '.*of*'):
+        if os.path.basename(old) not in shards:
+            os.remove(old)
 
 
 def load_shards(ckpt, path, names):
@@ -476,8 +484,7 @@ def load_shards(ckpt, path, names):
             files[k] = torch.load(file, map_location='cpu', weights_only=True, mmap=True)
         prefix = f"proj.{name.replace('.', '_')}."
         model.update({n: t for n, t in files[k]['model'].items() if n.startswith(prefix)})
-        optim.update({n: {k_: v.clone() if torch.is_tensor(v) else v for k_, v in s.items()}
-                      for n, s in files[k]['optimizer'].items() if n.startswith(prefix)})
+        optim.update({n: s for n, s in files[k]['optimizer'].items() if n.startswith(prefix)})
     return model, optim
 
 
@@ -498,27 +505,85 @@ def load_projected(path, map_location='cpu'):
     with torch.no_grad():
         for n, t in {**ckpt['model'], **shares}.items():
             trained[n].copy_(t)
-    projected.materialize()
-    projected._wc = None
+    projected.materialize(with_graph=False)
     return projected
 
 
 # ------------------------------------------------------------------------------------------------
 # Building a run: processes, data, the model (and for PC its owned projections), optimizer, state
 
+@dataclass
+class Run:
+    """Everything the loop needs, as setup() builds it, in one place."""
+    c: SimpleNamespace              # the settings, as attributes (c.batch_size)
+    cfg: dict                       # the same, as given: what checkpoints and summaries record
+    rank: int                       # this process under torchrun (0 alone)
+    world: int                      # the number of processes
+    dev: str                        # 'cpu', 'cuda:<local rank>'
+    device_type: str = ''           # 'cpu' or 'cuda'
+    ctx: object = None              # bf16 autocast on CUDA, nothing on CPU
+    proj_dtype: str = ''            # the frozen base's and the projection matmuls' dtype, resolved
+    accum: int = 1                  # this process's micro-batches per step
+    tokenizer: dict = None          # how ids map to text, kept in every checkpoint
+    ckpt_path: str = ''
+    log_path: str = ''
+    # the model
+    model: object = None            # the GPT being trained (PC: the compressed GPT, matrices = W_c)
+    projected: object = None        # PC: pc.ProjectedGPT, this process's share of the projections
+    teacher: object = None          # distillation: the frozen base, in eval mode
+    keep: dict = None               # the kept dimensions (PC, HPR)
+    owner: dict = None              # PC: {matrix name: the process that owns its projection}
+    base_info: dict = None          # PC, HPR: the base's path and sha256
+    runner: object = None           # what runs the micro-batches: the model, compiled, under DDP
+    # training
+    named: list = None              # (name, tensor) of everything this process's AdamW updates
+    optimizer: object = None
+    sharded: list = None            # PC: this process's P and R (the others hold theirs)
+    replicated: list = None         # the trained tensors every process holds (DDP's)
+    longest_share: int = 0          # PC: the most P and R tensors any process holds
+    n_model: int = 0                # parameters of the model trained (what the length counts)
+    n_trainable: int = 0            # tensors' elements trained, over all processes
+    train_batches: object = None
+    val_batches: list = None
+    tokens_per_iter: int = 0
+    total: int = 0                  # optimizer steps of the whole run
+    stop: int = -1                  # stop_iter, or -1
+    early_iter: int = -1            # where ckpt_early.pt is kept, or -1
+    peak: float = 0.0               # one GPU's peak FLOP/s, for MFU (0: none)
+    # where it stands
+    it: int = 0
+    best_val: float = float('inf')
+    val: float = None
+    loss_sum: object = None         # training losses since the last log record (a tensor, no sync)
+    loss_steps: int = 0
+    train_time: float = 0.0
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    def say(self, *a, **k):
+        if self.master:
+            print(*a, **k)
+
+
+# dense bf16 FLOP/s of one GPU, for MFU (peak_flops=... for others)
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+
+
 def setup(cfg):
-    """Everything the loop needs, in one namespace `r`: settings (r.c), processes, data, the
-    model being trained, the optimizer, and where the run stands (fresh, or from its checkpoint)."""
+    """The Run: settings checked, processes joined and in agreement, data, model, optimizer, and
+    where the run stands (fresh, or from its checkpoint)."""
     c = check_settings(cfg)
     rank, world, dev = start_processes(c)
-    r = SimpleNamespace(c=c, cfg=cfg, rank=rank, world=world, dev=dev, master=rank == 0,
-                        accum=c.grad_accum // world, device_type='cuda' if dev.startswith('cuda') else 'cpu')
+    agree(dict(settings=cfg), world)   # first: every later collective depends on the settings
+    r = Run(c=c, cfg=cfg, rank=rank, world=world, dev=dev, accum=c.grad_accum // world,
+            device_type='cuda' if dev.startswith('cuda') else 'cpu')
     r.ctx = torch.autocast(r.device_type, dtype=torch.bfloat16) if r.device_type == 'cuda' else nullcontext()
     if r.device_type == 'cuda':   # as nanoGPT: float32 matmuls (W_c with proj_dtype=float32) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     r.proj_dtype = c.proj_dtype if c.proj_dtype != 'auto' else 'bfloat16' if r.device_type == 'cuda' else 'float32'
-    r.say = print if r.master else (lambda *a, **k: None)
     if r.master:
         check_writable(c.out_dir)
     torch.manual_seed(c.seed)
@@ -538,13 +603,12 @@ def setup(cfg):
     r.named = r.projected.named_trainable() if r.projected is not None else list(r.model.named_parameters())
     r.optimizer = gpt.adamw(r.named, c.learning_rate, c.weight_decay, (c.beta1, c.beta2), r.device_type,
                             decays=lambda n, p: decays(n, p, c))
-    r.sharded = [p for n, p in r.named if n.startswith('proj.')]         # PC: this process's P and R
-    r.replicated = [p for n, p in r.named if not n.startswith('proj.')]  # the same on every process
+    r.sharded = [p for n, p in r.named if n.startswith('proj.')]
+    r.replicated = [p for n, p in r.named if not n.startswith('proj.')]
     r.n_model = gpt.param_counts(r.model.config)['total']
-    r.n_trainable = sum(p.numel() for _, p in r.named)   # this process's; PC's P and R are shared out
-    r.longest_share = len(r.sharded)
+    r.n_trainable, r.longest_share = sum(p.numel() for _, p in r.named), len(r.sharded)
     if r.world > 1 and r.projected is not None:   # over every process: P and R elements, tensors
-        n = torch.tensor([r.n_trainable - sum(p.numel() for p in r.replicated), len(r.sharded)])
+        n = torch.tensor([r.n_trainable - sum(p.numel() for p in r.replicated), len(r.sharded)], device=dev)
         every = [torch.empty_like(n) for _ in range(world)]
         dist.all_gather(every, n)
         r.n_trainable = sum(int(e[0]) for e in every) + sum(p.numel() for p in r.replicated)
@@ -563,16 +627,15 @@ def setup(cfg):
     r.val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
     r.tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
     r.total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * r.n_model) / r.tokens_per_iter))
-    r.it, r.best_val, r.val = 0, float('inf'), None
-    r.loss_sum, r.loss_steps, r.train_time = torch.zeros((), device=dev), 0, 0.0
+    r.loss_sum = torch.zeros((), device=dev)
     if resume is not None:
         restore(r, resume)
-    agree(dict(settings=cfg, iteration=r.it, base=r.base_info.get('base_sha256'), kept_dimensions=r.keep,
+    agree(dict(iteration=r.it, base=r.base_info.get('base_sha256'), kept_dimensions=r.keep,
                data_position=r.train_batches.state_dict(), checkpoint=(resume or {}).get('saved')), world)
     r.stop = c.stop_iter if c.stop_iter > r.it else -1   # a stop already reached is no stop
     r.early_iter = int(c.early_ckpt_frac * r.total) if c.early_ckpt_frac else -1
-    r.peak = c.peak_flops or (0.0 if r.device_type == 'cpu' else
-                              989e12 if 'H100' in torch.cuda.get_device_name() else 312e12)
+    gpu = torch.cuda.get_device_name() if r.device_type == 'cuda' else ''
+    r.peak = c.peak_flops or next((f for name, f in PEAK_FLOPS.items() if name in gpu), 0.0)
     start_log(r, resume)
     r.say(f"arm={c.arm}: model {r.n_model:,} params ({r.n_trainable:,} trained), {world} process(es) on "
           f"{dev}, {r.tokens_per_iter:,} tokens/iter, {r.total} iters = {r.total * r.tokens_per_iter:,} tokens "
@@ -600,22 +663,23 @@ def check_tokenizer(model_tokenizer, data_tokenizer, model_name, dataset):
                          f"(GPT-2 BPE: data/shakespeare, data/c4)")
 
 
+# what a resume may change: where it writes and logs, how it runs; nothing that changes what it computes
+RESUME_MAY_CHANGE = ('out_dir', 'init_from', 'stop_iter', 'eval_interval', 'log_interval', 'early_ckpt_frac',
+                     'device', 'compile', 'peak_flops', 'base_ckpt')   # (the base's sha256 is checked)
+
+
 def check_resume(r, resume):
-    """A resume continues the same run: same arm, and the settings that shape the model."""
+    """A resume continues the same run: same arm and every setting that shapes what it computes."""
     c, cfg = r.c, r.cfg
     if resume['config']['arm'] != c.arm:
         raise SystemExit(f"error: {r.ckpt_path} is an arm={resume['config']['arm']} run; "
                          f"resume it with --arm={resume['config']['arm']}")
-    shape_keys = (('dataset', 'block_size', 'preset', 'n_layer', 'n_head', 'n_embd', 'd_ff', 'bias',
-                   'tie_embeddings') if c.arm == 'base' else
-                  ('dataset', 'block_size', 'compression', 'compressed_n_embd', 'compressed_d_ff',
-                   'width_multiple', 'importance', 'residual'))
-    changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'][k]!r})" for k in shape_keys
-               if resume['config'].get(k) != cfg[k]]
+    changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'].get(k)!r})" for k in cfg
+               if k not in RESUME_MAY_CHANGE and resume['config'].get(k) != cfg[k]]
     if c.arm == 'pc' and resume.get('proj_dtype') != r.proj_dtype:
         changed.append(f"proj_dtype={r.proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
     if changed:
-        raise SystemExit(f"error: {r.ckpt_path} was trained with other model settings: "
+        raise SystemExit(f"error: {r.ckpt_path} was trained with other settings: "
                          f"{', '.join(changed)}; resume with the checkpoint's settings")
 
 
@@ -623,9 +687,9 @@ def build_model(r, resume, data_dir, vocab):
     """r.model (the GPT being trained), r.projected (PC's projections, this process's share),
     r.teacher (the frozen base, when distilling), r.keep, r.owner, r.base_info."""
     c = r.c
-    r.projected = r.teacher = r.keep = None
     r.owner, r.base_info = {}, {}
     if c.arm == 'base':
+        pretrained = None
         if resume is not None:
             mcfg = gpt.GPTConfig(**resume['model_args'])
         elif c.init_from != 'scratch':   # a pretrained GPT-2, trained further, as nanoGPT does
@@ -638,7 +702,7 @@ def build_model(r, resume, data_dir, vocab):
             mcfg = gpt.GPTConfig(block_size=c.block_size, vocab_size=vocab, n_layer=c.n_layer,
                                  n_head=c.n_head, n_embd=c.n_embd, d_ff=c.d_ff, bias=c.bias,
                                  tie_embeddings=c.tie_embeddings, dropout=c.dropout)
-        r.model = pretrained if c.init_from not in ('scratch', 'resume') else gpt.GPT(mcfg)
+        r.model = pretrained if pretrained is not None else gpt.GPT(mcfg)
     else:
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
@@ -651,27 +715,17 @@ def build_model(r, resume, data_dir, vocab):
         if c.block_size > base.config.block_size:
             raise SystemExit(f"error: block_size={c.block_size} is larger than the base model's "
                              f"context ({base.config.block_size}); use --block_size<={base.config.block_size}")
-        if resume is not None:
-            r.keep = resume['keep']
-        else:   # same scores for both arms: same base, method, seed and calibration batches
-            widths = dict(compression=c.compression or None, n_embd=c.compressed_n_embd or None,
-                          d_ff=c.compressed_d_ff or None, multiple_of=c.width_multiple)
-            small, achieved = pc.compressed_config(base.config, **widths)
-            calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size, c.importance_batches,
-                                   seed=c.seed) if c.importance.startswith('activation') else None)
-            r.keep = pc.select(pc.importance(base, c.importance, calib, seed=c.seed), small.n_embd, small.d_ff)
-            r.say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
-                  f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
+        r.keep = resume['keep'] if resume is not None else choose_dimensions(r, base, data_dir)
         if c.distill_alpha:   # the teacher: the frozen base, in eval mode (PC's projections share its memory)
             r.teacher = base.eval().requires_grad_(False)
         if c.arm == 'hpr':
-            r.model = pc.hard_prune(base, r.keep)
+            r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)
         else:
             shapes = {n: tuple(w.shape) for n, w in base.named_parameters() if w.dim() == 2}
-            costs = projection_costs(shapes, len(r.keep['D']), r.keep['F'].shape[1])
+            costs = pc.projection_costs(shapes, len(r.keep['D']), r.keep['F'].shape[1])
             r.owner = share_out(costs, r.world, base_bytes=PROJ_DTYPES[r.proj_dtype].itemsize)
             owned = {n for n, k in r.owner.items() if k == r.rank}
-            r.projected = pc.ProjectedGPT(base, r.keep, residual=c.residual,
+            r.projected = pc.ProjectedGPT(base, r.keep, residual=c.residual, dropout=c.dropout,
                                           proj_dtype=PROJ_DTYPES[r.proj_dtype], owned=owned)
             r.model = r.projected.gpt
         del base
@@ -682,6 +736,26 @@ def build_model(r, resume, data_dir, vocab):
         raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
                          f"{r.model.config.vocab_size}; pick a matching dataset")
     r.model.to(r.dev)
+
+
+def choose_dimensions(r, base, data_dir):
+    """The kept dimensions, the same for both arms: same base, importance, seed and calibration
+    batches. Process 0 computes them and sends them to the others (GPU kernels need not give every
+    process the same bits)."""
+    c = r.c
+    widths = dict(compression=c.compression or None, n_embd=c.compressed_n_embd or None,
+                  d_ff=c.compressed_d_ff or None, multiple_of=c.width_multiple)
+    small, achieved = pc.compressed_config(base.config, **widths)
+    keep = [None]
+    if r.master:
+        calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size, c.importance_batches,
+                               seed=c.seed) if c.importance.startswith('activation') else None)
+        keep = [pc.select(pc.importance(base, c.importance, calib, seed=c.seed), small.n_embd, small.d_ff)]
+    if r.world > 1:
+        dist.broadcast_object_list(keep, src=0)
+    r.say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
+          f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
+    return keep[0]
 
 
 def restore(r, resume):
@@ -759,7 +833,7 @@ def log(r, record):
 def train_step(r):
     """One optimizer step: the micro-batches through the plain (compressed) GPT, DDP averaging the
     gradients at the last one; PC's dL/dW_c into this process's P and R, once; clip; AdamW."""
-    c, t0 = r.c, time.time()
+    c = r.c
     lr = lr_at(r.it, c, r.total)
     for group in r.optimizer.param_groups:
         group['lr'] = lr
@@ -767,6 +841,8 @@ def train_step(r):
     for micro in range(r.accum):
         if r.world > 1:   # average gradients across processes on the last micro-batch only
             r.runner.require_backward_grad_sync = micro == r.accum - 1
+        if c.dropout:   # dropout masks follow the micro-batch, not the process that runs it
+            torch.manual_seed(c.seed + 1 + (r.it * r.accum + micro) * r.world + r.rank)
         x, y = (t.to(r.dev, non_blocking=True) for t in r.train_batches.next())
         with r.ctx:
             logits, loss = r.runner(x, y)
@@ -789,7 +865,6 @@ def train_step(r):
     r.loss_sum += step_loss
     r.loss_steps += 1
     r.it += 1
-    r.train_time += time.time() - t0   # exact: the finiteness check above waited for the step
     return lr
 
 
@@ -798,15 +873,20 @@ def train(cfg):
     r = setup(cfg)
     c = r.c
     while True:
+        t0 = time.time()   # a step's time: building and sharing W_c, the micro-batches, the update
+        last = r.it >= r.total or r.it == r.stop
         if r.projected is not None and not c.pc_naive:
-            r.projected.materialize()   # this process's W_c for this step, once (also what evaluation sees)
+            r.projected.materialize(with_graph=not last)   # this process's W_c, once (evaluation sees it too)
             if r.world > 1:
                 share_weights(r.model, r.owner, r.rank, r.world)
-        if r.it % c.eval_interval == 0 or r.it in (r.total, r.early_iter, r.stop):
+        if r.it % c.eval_interval == 0 or last or r.it == r.early_iter:
+            t_eval = time.time()
             evaluate_and_save(r)
-        if r.it >= r.total or r.it == r.stop:
+            t0 += time.time() - t_eval   # evaluation and checkpoints are not the step's
+        if last:
             break
         lr = train_step(r)
+        r.train_time += time.time() - t0   # exact: train_step's finiteness check waited for the step
         if r.it % c.log_interval == 0 or r.it == r.total:   # (a stop keeps its pending losses in the checkpoint)
             dt = r.train_time / r.loss_steps
             record = dict(kind='train', iter=r.it, tokens=r.it * r.tokens_per_iter,
@@ -826,7 +906,7 @@ def evaluate_and_save(r):
     r.best_val = min(r.best_val, r.val)
     record = dict(kind='eval', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val)
     if r.world > 1:   # every process must hold the same compressed GPT (PC: after share_weights)
-        record['ranks_agree'] = ranks_agree(list(r.model.parameters()), r.world)
+        record['ranks_agree'] = ranks_agree(r.model.parameters(), r.world)
     log(r, record)
     if r.world > 1 and not record['ranks_agree']:
         raise SystemExit(f"error: the processes' models differ at iter {r.it}; the last good "
