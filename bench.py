@@ -543,7 +543,7 @@ def process_shares(base_cfg, small_cfg, world, base_bytes=4):
     shapes = {name: (o, i) for name, o, i, *_ in projected_shapes(base_cfg, small_cfg)}
     costs = pc.projection_costs(shapes, small_cfg.n_embd, small_cfg.d_ff)
     owner = train.share_out(costs, world, base_bytes)
-    shares = [dict(fwd=0, bwd=0, frozen=0, p=0, r=0, inter=0) for _ in range(world)]
+    shares = [dict(fwd=0, bwd=0, frozen=0, p=0, r=0, inter=0, second_p=0) for _ in range(world)]
     for name, c in costs.items():
         for k in shares[owner[name]]:
             shares[owner[name]][k] += c[k]
@@ -562,7 +562,8 @@ def static_memory(base_cfg, small_cfg, world=1, base_bytes=4):
     vectors_c = n_small - sum(s['r'] for s in shares)
     parts = max((dict(frozen_base=base_bytes * s['frozen'], projections=8 * s['p'], residuals=8 * s['r'],
                       optimizer_state=8 * (s['p'] + s['r'] + vectors_c), model_params_grads=8 * n_small,
-                      saved_projection_graph=4 * s['inter'])   # W_c itself is the GPT's matrices
+                      # W_c itself is the GPT's matrices; in bfloat16 autograd also keeps P's bf16 copies
+                      saved_projection_graph=base_bytes * (s['inter'] + (s['second_p'] if base_bytes < 4 else 0)))
                  for s in shares), key=lambda d: sum(d.values()))
     pc_bytes = sum(parts.values())
     return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=pc_bytes, pc_parts=parts,

@@ -251,16 +251,20 @@ def projection_shapes(name, out_dim, in_dim, n_embd, d_ff):
 def projection_costs(shapes, n_embd, d_ff):
     """What each base matrix's projection costs whoever holds it, {name: (out, in)} -> {name: dict}:
     forward and backward FLOPs (in the order Projection picks) and the elements of its frozen base,
-    of P, of R and of the intermediate saved for the backward (W P_in or P_out W)."""
+    of P, of R, and what autograd saves for the backward when both sides are projected: the
+    intermediate (W P_in or P_out W) and the P of the second matmul (a copy of it when the
+    matmuls run in another dtype than P's float32)."""
     costs = {}
     for name, (out_dim, in_dim) in shapes.items():
         s = projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
         out_c, in_c, has_in, has_out = s[2:]
         out_first = out_first_is_cheaper(*s)
         fwd, bwd = projection_flops(*s, out_first=out_first)
+        both = has_in and has_out
         costs[name] = dict(fwd=fwd, bwd=bwd, frozen=out_dim * in_dim, r=out_c * in_c,
                            p=(in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0),
-                           inter=0 if not (has_in and has_out) else out_c * in_dim if out_first else out_dim * in_c)
+                           inter=0 if not both else out_c * in_dim if out_first else out_dim * in_c,
+                           second_p=0 if not both else in_dim * in_c if out_first else out_c * out_dim)
     return costs
 
 

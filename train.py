@@ -289,12 +289,11 @@ def leave_group():
 
 
 def projection_bytes(cost, base_bytes=4):
-    """Bytes one matrix's projection holds (pc.projection_costs' counts): its frozen base slice and,
-    in the projection dtype (base_bytes: 4 float32, 2 bfloat16), the intermediate the backward saves
-    (and, in bfloat16, the saved copies of P); P and R in float32 with gradients and AdamW's two
-    moments (16 bytes an element)."""
-    copies = cost['p'] if base_bytes < 4 else 0
-    return base_bytes * (cost['frozen'] + cost['inter'] + copies) + 16 * (cost['p'] + cost['r'])
+    """Bytes one matrix's projection holds (pc.projection_costs' counts): its frozen base slice and
+    what the backward saves, in the projection dtype (base_bytes: 4 float32, 2 bfloat16: then a copy of
+    the second matmul's P too); P and R in float32 with gradients and AdamW's two moments (16 B each)."""
+    saved = cost['inter'] + (cost['second_p'] if base_bytes < 4 else 0)
+    return base_bytes * (cost['frozen'] + saved) + 16 * (cost['p'] + cost['r'])
 
 
 def share_out(costs, world, base_bytes=4):
