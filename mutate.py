@@ -3,9 +3,10 @@ Seeded faults: does the test suite notice when the code breaks?
 
 Each mutant is one small change to one place in the code (a comparison flipped, an operator or a
 constant changed, a condition negated, a statement or a check removed), made in a copy of the
-repository; the suite runs against it (`python -m pytest -x -q test_pc.py`) and the mutant is
-*caught* if the suite fails (or runs past the timeout). A fault the suite misses is a missing test
-(or, now and then, a change that cannot alter behaviour, which the report lets you judge).
+repository; the suite runs against it (`python -m pytest -x -q test_pc.py`, the tests about the
+mutated file first, so that most mutants fail fast) and the mutant is *caught* if the suite fails
+(or runs past the timeout). A fault the suite misses is a missing test (or, now and then, a change
+that cannot alter behaviour, which the report lets you judge).
 
     python mutate.py                          # 100 mutants sampled from the default files, 2 at a time
     python mutate.py --n=30 --files=pc.py     # a quick look at one file
@@ -102,6 +103,30 @@ def apply(source, line, end_line, col, end_col, replacement):
     return ''.join(lines[:line - 1]) + head + replacement + tail + ''.join(lines[end_line:])
 
 
+def focused_tests(path, test_file=os.path.join(HERE, 'test_pc.py')):
+    """The tests of the test file's sections about `path` (a section starts with a banner line of
+    '=' and a title line naming the files it tests): run first, so that most mutants fail fast."""
+    stem = os.path.basename(path)[:-3] if not path.startswith('data/') else 'data/'
+    tests, title, lines = [], '', open(test_file).read().splitlines()
+    for i, line in enumerate(lines):
+        closing = [j for j in range(i + 2, min(i + 5, len(lines))) if lines[j].startswith('# ====')]
+        if line.startswith('# ====') and closing:   # a banner, the title's lines, a banner
+            title = ' '.join(lines[i + 1:closing[0]])
+        elif line.startswith('def test_') and stem in title:
+            tests.append('test_pc.py::' + line[4:line.index('(')])
+    return tests
+
+
+def pytest(workdir, timeout, tests=('test_pc.py',)):
+    """True if the suite (or the given tests) passes in workdir, False if it fails or times out."""
+    try:
+        return subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *tests],
+                              cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                              env=dict(os.environ, OMP_NUM_THREADS='1')).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def run_mutant(mutant, workdir, timeout):
     path, line, end_line, col, end_col, replacement, what = mutant
     target = os.path.join(workdir, path)
@@ -114,17 +139,13 @@ def run_mutant(mutant, workdir, timeout):
     with open(target, 'w') as f:
         f.write(mutated)
     t0 = time.time()
-    try:
-        proc = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider',
-                               'test_pc.py'], cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                              env=dict(os.environ, OMP_NUM_THREADS='1'))
-        verdict = 'survived' if proc.returncode == 0 else 'caught'
-    except subprocess.TimeoutExpired:
-        verdict = 'caught (timeout)'
+    try:   # the tests about this file first; only if they pass, the whole suite decides
+        focused = focused_tests(path)
+        passes = (not focused or pytest(workdir, timeout, focused)) and pytest(workdir, timeout)
     finally:
         with open(target, 'w') as f:
             f.write(original)
-    return verdict, time.time() - t0
+    return ('survived' if passes else 'caught'), time.time() - t0
 
 
 def copy_repo(dst):
