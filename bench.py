@@ -82,17 +82,35 @@ def parse_args(argv):
     p.add_argument('--seed', type=int, default=1337)
     p.add_argument('--out_dir', default='out/bench')
     p.add_argument('--_memory_arm', default='', help=argparse.SUPPRESS)  # internal: one memory arm
-    args = p.parse_args(argv)
+    p.error = lambda msg: sys.exit(f"error: {msg} (see --help)")   # one line, like every error here
+    try:
+        args = p.parse_args(argv)
+    except ValueError:   # a list option that is not comma-separated integers
+        raise SystemExit("error: --batch_sizes and --micro_batches take comma-separated integers, e.g. 8,16")
+    if not args.batch_sizes or not args.micro_batches or min(args.batch_sizes + args.micro_batches) <= 0:
+        raise SystemExit("error: --batch_sizes and --micro_batches need positive integers, e.g. 8,16")
+    for key, low in (('reps', 1), ('proj_reps', 1), ('warmup', 0), ('flops_tokens', 1), ('threads', 0),
+                     ('mem_batch_size', 0), ('process_steps', 2), ('process_reps', 1), ('seed', 0)):
+        if getattr(args, key) < low:
+            raise SystemExit(f"error: --{key}={getattr(args, key)} must be at least {low}")
+    if not 0 < args.compression < 1:
+        raise SystemExit(f"error: --compression={args.compression} must be in (0, 1)")
+    if args.device != 'cpu' and not (args.device == 'cuda' or args.device.startswith('cuda:')):
+        raise SystemExit(f"error: --device={args.device} is not supported; use cpu or cuda (cuda:N)")
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit("error: --device=cuda but torch.cuda.is_available() is False")
+    try:   # now, not after minutes of measuring
+        os.makedirs(args.out_dir, exist_ok=True)
+        if not os.access(args.out_dir, os.W_OK):
+            raise PermissionError(13, 'read-only')
+    except OSError as e:
+        raise SystemExit(f"error: --out_dir={args.out_dir} cannot be written ({e.strerror}); pick another")
     if args.clock == 'auto':
         args.clock = 'wall' if args.device.startswith('cuda') else 'cpu'
-    if args.quick:
+    if args.quick:   # the smallest sizes, whatever was asked
         args.model, args.batch_sizes, args.micro_batches = 'quick', [2, 4], [1, 2, 4]
         args.warmup, args.reps, args.proj_reps = 1, 3, 5
         args.process_steps, args.process_reps = 4, 1
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit("error: --device=cuda but torch.cuda.is_available() is False")
-    if min(args.batch_sizes + args.micro_batches) <= 0 or args.reps <= 0 or args.warmup < 0:
-        raise SystemExit("error: batch sizes, micro-batches and reps must be positive")
     return args
 
 

@@ -22,8 +22,8 @@ import gpt
 
 def main(argv):
     if len(argv) != 2 or any(a.startswith('-') for a in argv):
-        raise SystemExit("usage: python export.py SOURCE OUT_DIR   (SOURCE: a checkpoint .pt, a model "
-                         "folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl)")
+        raise SystemExit("error: give SOURCE and OUT_DIR: python export.py SOURCE OUT_DIR (SOURCE: a "
+                         "checkpoint .pt, a model folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl)")
     src, out_dir = argv
     model, info = gpt.load_base(src)
     model.save_pretrained(out_dir, tokenizer=info['tokenizer'])

@@ -11,6 +11,7 @@ It reads train.py's checkpoints (load_gpt, load_base) and, with safetensors and 
 installed (requirements-pretrained.txt), OpenAI's GPT-2 and folders in Hugging Face's GPT-2 layout
 (GPT.from_pretrained), and writes that layout (GPT.save_pretrained).
 """
+import glob
 import hashlib
 import importlib
 import json
@@ -39,6 +40,11 @@ class GPTConfig:
     def __post_init__(self):
         # checked here, once, so that every way of building a model (train.py, a checkpoint, a
         # pretrained folder, pc.py) refuses a shape it cannot run instead of truncating it
+        for name, f in self.__dataclass_fields__.items():
+            v, want = getattr(self, name), f.type
+            ok = type(v) is want or (want is float and type(v) is int)
+            if not ok:
+                raise SystemExit(f"error: model config {name}={v!r} should be a {want.__name__}")
         if not 0 <= self.dropout < 1:
             raise SystemExit(f"error: model config dropout={self.dropout} must be in [0, 1)")
         for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
@@ -308,7 +314,11 @@ def gpt_from_checkpoint(ckpt, path):
         merged = os.path.join(os.path.dirname(path), 'merged.pt')
         raise SystemExit(f"error: '{path}' is a {ckpt['kind']} training checkpoint, not a GPT; "
                          f"load the merged model written next to it ({merged})")
-    return gpt_from_state(GPTConfig(**ckpt['model_args']), ckpt['model'], f"'{path}'")
+    args = ckpt['model_args']
+    if not isinstance(args, dict) or set(args) - set(GPTConfig.__dataclass_fields__):
+        raise SystemExit(f"error: '{path}' holds no GPT config (model_args): point at a checkpoint "
+                         f"written by train.py")
+    return gpt_from_state(GPTConfig(**args), ckpt['model'], f"'{path}'")
 
 
 def load_gpt(path, map_location='cpu'):
@@ -332,9 +342,13 @@ def write_atomic(path, write):
             os.remove(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):       # full disk, read-only or missing folder, permissions
-            raise SystemExit(f"error: could not write {path} ({e.strerror or e}); free some disk space "
-                             f"or write to another folder (the previous file, if any, is unchanged)")
+        # full disk, read-only or missing folder, permissions (torch.save reports a failed write as a
+        # RuntimeError raised while handling the OSError)
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e, RuntimeError) and \
+            isinstance(e.__context__, OSError) and not e.__suppress_context__ else None
+        if cause is not None:
+            raise SystemExit(f"error: could not write {path} ({cause.strerror or cause}); free some disk "
+                             f"space or write to another folder (the previous file, if any, is unchanged)")
         raise
     if os.name == 'posix':               # make the rename itself durable
         try:
@@ -345,6 +359,22 @@ def write_atomic(path, write):
                 os.close(fd)
         except OSError:                  # some file systems cannot sync a folder; the file is synced
             pass
+
+
+def remove_stale_temporaries(folder, pattern='*.tmp'):
+    """Remove the temporary files (`<name>.<pid>.tmp`) that writers killed mid-write left in folder.
+    A writer still alive (another process's pid) keeps its own."""
+    for tmp in glob.glob(os.path.join(glob.escape(folder), pattern)):
+        pid = tmp.rsplit('.', 2)[-2]
+        try:
+            if pid.isdigit():
+                os.kill(int(pid), 0)   # raises if no such process
+                continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:        # alive, someone else's
+            continue
+        os.remove(tmp)
 
 
 def save_atomic(obj, path):
@@ -525,8 +555,9 @@ def load_base(spec, map_location='cpu'):
     if os.path.isfile(spec) or spec.endswith('.pt'):
         ckpt = load_checkpoint(spec, map_location)
         model = gpt_from_checkpoint(ckpt, spec)
+        tokenizer = ckpt.get('tokenizer')
         return model, dict(source=os.path.abspath(spec), sha256=file_sha256(spec),
-                           tokenizer=ckpt.get('tokenizer', {}))
+                           tokenizer=tokenizer if isinstance(tokenizer, dict) else {})
     if not os.path.isdir(spec) and spec not in PRETRAINED:
         raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
                          f"model.safetensors) or pretrained name ({', '.join(PRETRAINED)})")

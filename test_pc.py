@@ -1655,7 +1655,7 @@ def test_summary_describes_its_checkpoint(dataset, tmp_path):
     assert not (out / 'summary.json').exists() and load_ckpt(out)['iter'] == 2
 
 
-def test_non_finite_weights_are_never_saved(dataset, tmp_path, monkeypatch):
+def test_non_finite_weights_are_never_saved(dataset, base_run, tmp_path, monkeypatch):
     """If a step leaves NaN in the weights while its loss was finite, the next checkpoint refuses to
     replace the last good one, and says so."""
     out = tmp_path / 'nanw'
@@ -1670,10 +1670,19 @@ def test_non_finite_weights_are_never_saved(dataset, tmp_path, monkeypatch):
         return out_
     monkeypatch.setattr(torch.optim.AdamW, 'step', step)
     error_of(train_job, make_cfg(dataset, out, arm='base', max_iters=6, eval_interval=3),
-             match=r"non-finite weights at iter 3; .*ckpt\.pt is not replaced")
+             match=r"non-finite validation loss at iter 3; the last good checkpoint .*ckpt\.pt is kept")
     monkeypatch.undo()
     ck = load_ckpt(out)
     assert ck['iter'] == 0 and all(torch.isfinite(t).all() for t in ck['model'].values())
+    # the checkpoint itself refuses non-finite weights, whatever the loss says (PC: W_c included)
+    for arm in ('base', 'pc'):
+        r = setup_run(dataset, tmp_path / f'nan_{arm}', **arm_overrides(arm, base_run))
+        train.save_checkpoint(r, r.ckpt_path)
+        before = open(r.ckpt_path, 'rb').read()
+        with torch.no_grad():
+            next(p for p in r.model.parameters() if p.dim() == 2).view(-1)[0] = float('inf')
+        error_of(train.save_checkpoint, r, r.ckpt_path, match=r"non-finite weights at iter 0; .* is not replaced")
+        assert open(r.ckpt_path, 'rb').read() == before
 
 
 def test_more_bad_settings(dataset, base_run, tmp_path):
@@ -1751,6 +1760,124 @@ def test_distillation(dataset, base_run, tmp_path, monkeypatch):
         for k, v in r.teacher.state_dict().items():
             assert torch.equal(v, before[k]), k
         assert states_equal(r.teacher, load_gpt(base_run['ckpt'])) is None
+
+
+def test_a_resumed_run_is_unfinished_until_it_ends(dataset, tmp_path, monkeypatch):
+    """summary.json and merged.pt mean 'finished': a resume removes them at once and writes them again
+    only when it ends, so a resume that dies leaves no finished-looking folder."""
+    out = tmp_path / 'again'
+    over = dict(arm='pc', base_ckpt=str(tmp_path / 'b' / 'ckpt.pt'), compression=0.5, max_iters=4, eval_interval=2)
+    run(dataset, tmp_path / 'b', arm='base', max_iters=4, eval_interval=2)
+    run(dataset, out, **over)
+    assert (out / 'summary.json').exists() and (out / 'merged.pt').exists()
+    monkeypatch.setattr(train, 'finish', lambda r: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset, out, init_from='resume', **over)
+    assert not (out / 'summary.json').exists() and not (out / 'merged.pt').exists()
+    monkeypatch.undo()
+    run(dataset, out, init_from='resume', **over)
+    assert json.load(open(out / 'summary.json'))['iters'] == 4 and (out / 'merged.pt').exists()
+
+
+def test_one_run_per_folder_and_stale_temporaries(dataset, tmp_path):
+    """A folder another live run writes to is refused; a claim whose run is gone is taken over; the
+    temporary files of writers killed mid-write are removed at start, a live writer's are kept."""
+    out = tmp_path / 'shared'
+    out.mkdir()
+    (out / '.lock').write_text(str(os.getppid()))          # a live process that is not this one
+    error_of(lambda: run(dataset, out, arm='base', max_iters=2),
+             match=rf"another run \(process {os.getppid()}\) is writing to out_dir=")
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
+                          text=True).stdout.strip()
+    (out / '.lock').write_text(dead)
+    (out / f'ckpt.pt.{dead}.tmp').write_bytes(b'half a checkpoint')
+    (out / f'summary.json.{os.getppid()}.tmp').write_bytes(b'a live writer')
+    run(dataset, out, arm='base', max_iters=2)
+    assert not (out / f'ckpt.pt.{dead}.tmp').exists() and (out / f'summary.json.{os.getppid()}.tmp').exists()
+    assert not (out / '.lock').exists()                       # released when the run ended
+
+
+def test_more_bad_config(dataset, tmp_path):
+    """A config file's setting of the wrong type (a stray comma, None) is one line, as is a preset
+    given with an explicit shape, a seed too large, an infinite length; head_dim is a setting."""
+    for text, match in (("learning_rate = 3e-4,\n", r"learning_rate=\(0\.0003,\) in .* should be a float"),
+                        ("max_iters = None\n", r"max_iters=None in .* should be a int"),
+                        ("import sys\nsys.exit(3)\n", r"fails to run: SystemExit")):
+        conf = tmp_path / 'c.py'
+        conf.write_text(text)
+        error_of(train.parse_args, [str(conf)], match=match)
+    conf.write_text("widths = {0.5: (64, 256)}\nn_layer = 3\n")            # helpers may stay in a config
+    assert train.parse_args([str(conf)])['n_layer'] == 3
+    go = lambda **kw: (lambda: train_job(make_cfg(dataset, tmp_path / 'x', **{'arm': 'base', 'max_iters': 2, **kw})))
+    error_of(go(preset='300m', n_layer=3), match=r"preset='300m' sets the model's shape, and so does n_layer=3")
+    error_of(go(seed=2 ** 70), match=r"seed=\d+ must be below 2\*\*63")
+    error_of(go(max_iters=0, tokens_per_param=float('inf')), match=r"tokens_per_param=inf must be a finite number")
+    error_of(go(stop_iter=5), match=r"stop_iter=5 is after the run's end \(max_iters=2\)")
+    error_of(go(n_head=5, n_embd=32), match=r"n_embd=32 is not divisible by n_head=5.* or set head_dim")
+    s = run(dataset, tmp_path / 'hd', arm='base', max_iters=1, n_head=5, n_embd=32, head_dim=8)
+    assert s['model_args']['head_dim'] == 8 and s['model_args']['n_head'] == 5
+
+
+def test_interrupt_is_one_line(dataset, tmp_path):
+    """Ctrl-C stops train.py with one line and the last checkpoint kept."""
+    out = tmp_path / 'ctrlc'
+    args = [f"--{k}={v}" for k, v in {**TINY, 'dataset': dataset, 'out_dir': str(out), 'max_iters': 100000,
+                                      'eval_interval': 5}.items()]
+    proc = subprocess.Popen([sys.executable, TRAIN_PY] + args, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    deadline = time.time() + 60
+    while not (out / 'ckpt.pt').exists() and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(2)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0 and err.strip().splitlines()[-1].startswith("error: interrupted; the last checkpoint is kept")
+    assert 'Traceback' not in err
+    load_ckpt(out)
+
+
+def test_hand_edited_files_are_one_line(tmp_path):
+    """A meta.json that is a folder or has a bool or huge vocabulary, a shard that is a folder, a
+    checkpoint whose model_args or tokenizer are not what train.py writes: one line each."""
+    d = make_dataset(tmp_path / 'ds', [np.arange(100)])
+    m = json.loads((d / 'meta.json').read_text())
+    for vocab in (True, 10 ** 12):
+        (d / 'meta.json').write_text(json.dumps({**m, 'vocab_size': vocab}))
+        assert 'not a dataset manifest' in error_of(meta, d)
+    (d / 'meta.json').write_text(json.dumps(m))
+    (d / 'train0.bin').unlink()
+    (d / 'train0.bin').mkdir()
+    assert 'train0.bin is missing (or not a file)' in error_of(open_dataset, d, 'train')
+    (tmp_path / 'm').mkdir()
+    (tmp_path / 'm' / 'meta.json').mkdir()
+    assert 'not a dataset manifest' in error_of(meta, tmp_path / 'm')
+    ck = gpt_checkpoint(tiny_gpt())
+    for args in (dict(ck['model_args'], n_layer='2'), [1, 2], dict(ck['model_args'], colour='red')):
+        torch.save({**ck, 'model_args': args}, tmp_path / 'bad.pt')
+        error_of(load_gpt, str(tmp_path / 'bad.pt'), match=r"(should be a int|holds no GPT config)")
+    torch.save({**ck, 'tokenizer': 'char'}, tmp_path / 'tok.pt')
+    assert gpt.load_base(str(tmp_path / 'tok.pt'))[1]['tokenizer'] == {}
+
+
+def test_c4_and_bench_bad_options(tmp_path):
+    """C4 prepare: JSON lines that are not objects, no workers, nothing to prepare, --out a file;
+    bench.py: empty or non-positive sizes, an unknown device or option, an out_dir that is a file:
+    one line each, before any work."""
+    src = tmp_path / 'src'
+    write_c4_shards(src.mkdir() or src)
+    with gzip.open(src / 'c4-train.00000-of-01024.json.gz', 'wt') as f:
+        f.write('[1, 2, 3]\n')
+    msg = error_of(c4_prep.main, [f'--src={src}', f'--out={tmp_path / "o"}', '--workers=1', '--val_shards=0'])
+    assert "line 1 is a JSON list, not an object with a 'text'" in msg
+    error_of(c4_prep.main, [f'--src={src}', '--workers=0'], match=r"--workers=0: give 1 or more")
+    error_of(c4_prep.main, ['--train_shards=0', '--val_shards=0'], match=r"nothing to prepare")
+    afile = tmp_path / 'afile'
+    afile.write_text('x')
+    error_of(c4_prep.main, [f'--src={src}', f'--out={afile}', '--val_shards=0'], match=r"cannot create .*afile")
+    for argv, match in ((['--batch_sizes='], r"need positive integers"), (['--micro_batches=0'], r"need positive"),
+                        (['--reps=0'], r"--reps=0 must be at least 1"), (['--device=gpu'], r"device=gpu is not"),
+                        (['--bogus'], r"unrecognized arguments: --bogus"), (['--process_steps=1'], r"at least 2"),
+                        ([f'--out_dir={afile}'], r"--out_dir=.*afile cannot be written")):
+        error_of(bench.main, ['--quick', *argv], match=match)
 
 
 # ------------------------------------------------------------------------------------ failures
@@ -1964,10 +2091,16 @@ def test_sharded_resume(ddp_runs, dataset):
     c1, s1 = trained_state(one)
     assert len(c1['shards']) == 1
     assert_same_tensors(drop_key_bias(sa), drop_key_bias(s1), atol=1e-6)
-    # a share that went missing: one line naming it
-    os.remove(one / c1['shards'][0])
+    # a share from another checkpoint of the same size, or gone: one line naming it
+    share = one / c1['shards'][0]
+    raw = share.read_bytes()                                # another checkpoint's share, the same size
+    share.write_bytes(raw.replace(c1['saved'].encode(), b'f' * len(c1['saved'])))
+    assert share.read_bytes() != raw and os.path.getsize(share) == c1['shard_bytes'][0]
     error_of(train_job, make_cfg(dataset, one, init_from='resume', **arms['pc']),
-             match=r"a part of .*ckpt\.pt, is missing or incomplete")
+             match=r"a part of .*ckpt\.pt, is missing, incomplete or from another checkpoint")
+    os.remove(share)
+    error_of(train_job, make_cfg(dataset, one, init_from='resume', **arms['pc']),
+             match=r"a part of .*ckpt\.pt, is missing, incomplete or from another checkpoint")
 
 
 def children(pid):
@@ -2631,7 +2764,7 @@ def test_export_command(tmp_path, capsys):
     error_of(export.main, [str(tmp_path / 'ckpt.pt'), str(tmp_path / 'out2')],
              match=r"is a pc training checkpoint, not a GPT; load the merged model written next to it "
                    r"\(.*merged\.pt\)")
-    with pytest.raises(SystemExit, match=r"^usage: python export\.py SOURCE OUT_DIR"):
+    with pytest.raises(SystemExit, match=r"^error: give SOURCE and OUT_DIR: python export\.py SOURCE OUT_DIR"):
         export.main([str(tmp_path / 'merged.pt')])
 
 
@@ -2714,11 +2847,14 @@ def test_sample_bad_inputs(tmp_path):
     ok = f'--init_from={path}'
     error_of(run_sample, ok, '--start=héllo!', match=r"characters the model's vocabulary lacks: '!', 'é'")
     error_of(run_sample, ok, '--start=', match=r"--start is empty")
+    error_of(run_sample, ok, '--device=gpu', match=r"--device=gpu is not supported")
+    error_of(run_sample, ok, '--temperature=1e-40', match=r"must be at least 0\.001 .*--top_k=1")
+    error_of(run_sample, ok, f'--seed={2 ** 70}', match=r"--seed=\d+ must be in")
     error_of(run_sample, ok, f'--start=FILE:{tmp_path / "none.txt"}', match=r"could not read the prompt file")
     error_of(sample.parse_args, ['--topk=5'], match=r"unknown option --topk")
     error_of(sample.parse_args, ['--top_k=five'], match=r"--top_k=five should be a int")
     error_of(sample.parse_args, ['start=abc'], match=r"should look like --key=value")
-    error_of(run_sample, ok, '--temperature=0', match=r"--temperature=0\.0 must be positive")
+    error_of(run_sample, ok, '--temperature=0', match=r"--temperature=0\.0 must be at least 0\.001")
     error_of(run_sample, match=r"give --init_from=")
     error_of(run_sample, f'--init_from={tmp_path / "nope.pt"}', match=r"does not exist")
     error_of(run_sample, '--init_from=gpt-5', match=r"--init_from=gpt-5 is no checkpoint \(\.pt\), model folder "

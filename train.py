@@ -59,6 +59,7 @@ preset = ''
 n_layer = 4
 n_head = 4
 n_embd = 128
+head_dim = 0                # 0: n_embd // n_head (GPT-2's rule)
 d_ff = 0                    # 0: 4 * n_embd
 bias = True
 tie_embeddings = True
@@ -148,11 +149,13 @@ def parse_args(argv):
         ns = dict(before)
         try:
             exec(open(path).read(), ns)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise SystemExit(f"error: config file '{path}' fails to run: {type(e).__name__}: {e}")
         for key, value in ns.items():
             assigned = key not in before or type(value) is not type(before[key]) or value != before[key]
-            if assigned and not key.startswith('_') and isinstance(value, (bool, int, float, str)):
+            # a setting of any type (a stray comma makes a tuple); other names only if they look like
+            # settings (a config may keep helpers: modules, functions, tables)
+            if assigned and not key.startswith('_') and (key in DEFAULTS or isinstance(value, (bool, int, float, str))):
                 cfg[key] = checked(key, value, path)
     cfg.update(overrides)
     return cfg
@@ -162,7 +165,8 @@ def parse_args(argv):
 POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval',
             'importance_batches', 'width_multiple', 'learning_rate', 'distill_temperature')
 NOT_NEGATIVE = ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter', 'warmup_iters', 'compressed_n_embd',
-                'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops')
+                'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops', 'head_dim', 'seed')
+MODEL_SHAPE = ('n_layer', 'n_head', 'n_embd', 'head_dim', 'd_ff', 'bias', 'tie_embeddings')   # or a preset
 BELOW_ONE = ('beta1', 'beta2', 'dropout', 'early_ckpt_frac', 'compression')   # in [0, 1)
 CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS, proj_dtype=('auto', *PROJ_DTYPES))
 
@@ -177,6 +181,18 @@ def check_settings(cfg):
                 why = (": the fraction of the base's parameters to remove (0: give compressed_n_embd or "
                        "compressed_d_ff)" if key == 'compression' else '')
                 raise SystemExit(f"error: {key}={cfg[key]} must {rule}{why}")
+    for key, value in cfg.items():
+        if type(value) is float and not math.isfinite(value):
+            raise SystemExit(f"error: {key}={value} must be a finite number")
+    if cfg['seed'] >= 2 ** 63:
+        raise SystemExit(f"error: seed={cfg['seed']} must be below 2**63")
+    if cfg['preset'] and any(cfg[k] != DEFAULTS[k] for k in MODEL_SHAPE):
+        shape = ', '.join(f"{k}={cfg[k]}" for k in MODEL_SHAPE if cfg[k] != DEFAULTS[k])
+        raise SystemExit(f"error: preset={cfg['preset']!r} sets the model's shape, and so does {shape}: "
+                         f"give one or the other")
+    if cfg['stop_iter'] and cfg['max_iters'] and cfg['stop_iter'] > cfg['max_iters']:
+        raise SystemExit(f"error: stop_iter={cfg['stop_iter']} is after the run's end (max_iters="
+                         f"{cfg['max_iters']})")
     if not 0 <= cfg['distill_alpha'] <= 1:
         raise SystemExit(f"error: distill_alpha={cfg['distill_alpha']} must be in [0, 1]")
     for key, allowed in CHOICES.items():
@@ -430,30 +446,33 @@ def save_checkpoint(r, path):
     mine = {n: p.detach() for n, p in named.items() if n.startswith('proj.')}   # PC: this process's P, R
     rest = r.model.state_dict() if r.projected is None else \
         {n: p.detach() for n, p in named.items() if not n.startswith('proj.')}
-    finite = torch.tensor([float(all(torch.isfinite(t).all() for t in [*mine.values(), *rest.values()]))],
-                          device=r.dev)
+    checked_ = [*mine.values(), *rest.values(), *r.model.parameters()]   # PC: W_c too (P W P can overflow)
+    finite = torch.tensor([float(all(torch.isfinite(t).all() for t in checked_))], device=r.dev)
     if r.world > 1:
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     if not finite.item():
         raise SystemExit(f"error: non-finite weights at iter {r.it}; {path} is not replaced (it holds "
                          f"the last good state); lower learning_rate or check the data")
     opt = optimizer_state(r.optimizer, r.named)
-    shards = write_shards(r, path, mine, {n: v for n, v in opt.items() if n in mine}) if r.projected else []
+    token = [uuid.uuid4().hex]   # names this checkpoint in ckpt.pt and in every share of it
+    if r.world > 1:
+        dist.broadcast_object_list(token, src=0)
+    shards = write_shards(r, path, mine, {n: v for n, v in opt.items() if n in mine}, token[0]) if r.projected else []
     if r.master:
-        write_main(r, path, rest, {n: v for n, v in opt.items() if n not in mine}, shards)
+        write_main(r, path, rest, {n: v for n, v in opt.items() if n not in mine}, shards, token[0])
 
 
-def write_shards(r, path, tensors, optim):
+def write_shards(r, path, tensors, optim, token):
     """Every process writes its own P and R (and their AdamW state) to `<path>.<iter>.<k>of<n>`; the
     names of all of them, once every one is on disk."""
     shards = [f"{os.path.basename(path)}.{r.it}.{k}of{r.world}" for k in range(r.world)]
-    gpt.save_atomic(dict(model=tensors, optimizer=optim), os.path.join(r.c.out_dir, shards[r.rank]))
+    gpt.save_atomic(dict(model=tensors, optimizer=optim, saved=token), os.path.join(r.c.out_dir, shards[r.rank]))
     if r.world > 1:
         dist.barrier()        # every share is on disk before ckpt.pt names it
     return shards
 
 
-def write_main(r, path, model, optim, shards):
+def write_main(r, path, model, optim, shards, token):
     """Process 0 writes `path` itself, naming the shares (with their sizes), then removes older
     checkpoints' shares."""
     sizes = [os.path.getsize(os.path.join(r.c.out_dir, s)) for s in shards]
@@ -461,7 +480,7 @@ def write_main(r, path, model, optim, shards):
         kind='pc' if r.projected is not None else 'gpt', model_args=asdict(r.model.config),
         model=model, optimizer=optim, shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it,
         best_val=r.best_val, config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
-        rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=uuid.uuid4().hex,
+        rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=token,
         pending=dict(loss=r.loss_sum.item(), steps=r.loss_steps, time=r.train_time), **r.base_info,
         **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)
     for old in glob.glob(glob.escape(path) + '.*of*'):
@@ -477,10 +496,16 @@ def load_shards(ckpt, path, names):
         k = ckpt['owner'][name]
         if k not in files:
             file = os.path.join(folder, ckpt['shards'][k])
+            broken = f"error: {file}, a part of {path}, is missing, incomplete or from another checkpoint; " \
+                     f"start the run again without init_from=resume"
             if not os.path.isfile(file) or os.path.getsize(file) != ckpt['shard_bytes'][k]:
-                raise SystemExit(f"error: {file}, a part of {path}, is missing or incomplete; "
-                                 f"start the run again without init_from=resume")
-            files[k] = torch.load(file, map_location='cpu', weights_only=True, mmap=True)
+                raise SystemExit(broken)
+            try:
+                files[k] = torch.load(file, map_location='cpu', weights_only=True, mmap=True)
+            except Exception:
+                raise SystemExit(broken)
+            if not isinstance(files[k], dict) or files[k].get('saved') != ckpt['saved']:
+                raise SystemExit(broken)
         prefix = f"proj.{name.replace('.', '_')}."
         model.update({n: t for n, t in files[k]['model'].items() if n.startswith(prefix)})
         optim.update({n: s for n, s in files[k]['optimizer'].items() if n.startswith(prefix)})
@@ -699,8 +724,8 @@ def build_model(r, resume, data_dir, vocab):
             mcfg = gpt.preset(c.preset, block_size=c.block_size, dropout=c.dropout)
         else:
             mcfg = gpt.GPTConfig(block_size=c.block_size, vocab_size=vocab, n_layer=c.n_layer,
-                                 n_head=c.n_head, n_embd=c.n_embd, d_ff=c.d_ff, bias=c.bias,
-                                 tie_embeddings=c.tie_embeddings, dropout=c.dropout)
+                                 n_head=c.n_head, n_embd=c.n_embd, head_dim=c.head_dim, d_ff=c.d_ff,
+                                 bias=c.bias, tie_embeddings=c.tie_embeddings, dropout=c.dropout)
         r.model = pretrained if pretrained is not None else gpt.GPT(mcfg)
     else:
         if not c.base_ckpt:
@@ -785,32 +810,55 @@ def restore(r, resume):
 
 
 def start_log(r, resume):
-    """Open out_dir for this run. A fresh run removes a finished run's summary.json at once (its
-    presence means 'finished'); a resumed one keeps the log up to its checkpoint."""
+    """Open out_dir for this run (process 0): claim it, so that no second run writes there at the
+    same time; remove a finished run's summary.json and merged.pt at once (their presence means
+    'finished', and this run is not, yet), and what killed writers left; keep the log up to the
+    checkpoint a resume continues from."""
     if not r.master:
         return
+    out = r.c.out_dir
     try:
-        os.makedirs(r.c.out_dir, exist_ok=True)
-        old = []
-        if resume is not None and os.path.exists(r.log_path):
-            old = open(r.log_path).read().splitlines()
-        else:
-            for stale in ('summary.json', 'merged.pt'):
-                if os.path.exists(os.path.join(r.c.out_dir, stale)):
-                    os.remove(os.path.join(r.c.out_dir, stale))
+        os.makedirs(out, exist_ok=True)
+        claim(out)
+        gpt.remove_stale_temporaries(out)
+        for stale in ('summary.json', 'merged.pt'):
+            if os.path.exists(os.path.join(out, stale)):
+                os.remove(os.path.join(out, stale))
+        old = open(r.log_path).read().splitlines() if resume is not None and os.path.exists(r.log_path) else []
         kept = []
         for line in old:   # up to the checkpoint: the train record at `it` is the step before it
             try:
                 rec = json.loads(line)
-            except ValueError:
-                continue   # a line torn by a kill: the run repeats that step and logs it again
-            if rec['iter'] < r.it or (rec['iter'] == r.it and rec['kind'] == 'train'):
-                kept.append(line)
+                if rec['iter'] < r.it or (rec['iter'] == r.it and rec['kind'] == 'train'):
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue   # a line torn by a kill (or not a record): the run logs that step again
         with open(r.log_path, 'w') as f:
             f.writelines(line + '\n' for line in kept)
     except OSError as e:
-        raise SystemExit(f"error: cannot write to out_dir={r.c.out_dir} ({e.strerror}); pick a "
-                         f"writable folder")
+        raise SystemExit(f"error: cannot write to out_dir={out} ({e.strerror}); pick a writable folder")
+
+
+def claim(out_dir):
+    """Create out_dir/.lock holding this process's pid, or stop if a live run holds it."""
+    lock = os.path.join(out_dir, '.lock')
+    try:
+        holder = int(open(lock).read())
+        os.kill(holder, 0)   # raises if it is gone
+        if holder != os.getpid():
+            raise SystemExit(f"error: another run (process {holder}) is writing to out_dir={out_dir}; "
+                             f"wait for it or pick another out_dir")
+    except (OSError, ValueError):   # no lock, an unreadable one, or its run is gone
+        pass
+    text = str(os.getpid()).encode()
+    gpt.write_atomic(lock, lambda f: f.write(text))
+
+
+def release(out_dir):
+    try:
+        os.remove(os.path.join(out_dir, '.lock'))
+    except OSError:
+        pass
 
 
 def log(r, record):
@@ -822,8 +870,11 @@ def log(r, record):
         r.say(f"iter {record['iter']}: " + ', '.join(f"{k.replace('_', ' ')} {v:.4f}"
                                                      for k, v in record.items() if 'loss' in k))
     if r.master:
-        with open(r.log_path, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        try:
+            with open(r.log_path, 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        except OSError as e:   # out_dir removed or full while the run goes on
+            raise SystemExit(f"error: cannot write {r.log_path} ({e.strerror}); the last checkpoint is kept")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -902,6 +953,9 @@ def train(cfg):
 
 def evaluate_and_save(r):
     r.val = evaluate(r.model if not r.c.pc_naive else r.projected, r.val_batches, r.dev, r.ctx)
+    if not math.isfinite(r.val):   # (the same on every process: the model and the batches are)
+        raise SystemExit(f"error: non-finite validation loss at iter {r.it}; the last good checkpoint "
+                         f"{r.ckpt_path} is kept; lower learning_rate or check the data")
     r.best_val = min(r.best_val, r.val)
     record = dict(kind='eval', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val)
     if r.world > 1:   # every process must hold the same compressed GPT (PC: after share_weights)
@@ -939,6 +993,8 @@ def finish(r):
             summary['config'] = dict(r.cfg)
             text = json.dumps(summary, indent=1).encode()
             gpt.write_atomic(os.path.join(c.out_dir, 'summary.json'), lambda f: f.write(text))
+    if r.master:
+        release(c.out_dir)
     if r.world > 1:
         del r.runner   # DDP's reducer uses the process group: release it before the group goes
         leave_group()
@@ -946,7 +1002,10 @@ def finish(r):
 
 
 if __name__ == '__main__':
-    summary = train(parse_args(sys.argv[1:]))
+    try:
+        summary = train(parse_args(sys.argv[1:]))
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted; the last checkpoint is kept: continue with --init_from=resume")
     if int(os.environ.get('RANK', 0)) == 0:
         print(json.dumps(summary))
     if 'RANK' in os.environ:

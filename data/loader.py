@@ -42,9 +42,10 @@ def meta(data_dir):
     try:
         with open(path) as f:
             m = json.load(f)
-    except ValueError as e:
+    except (ValueError, OSError) as e:   # not JSON, not a file
         m = {"error": str(e)}
-    if not (isinstance(m, dict) and isinstance(m.get("vocab_size"), int) and isinstance(m.get("splits"), dict)):
+    if not (isinstance(m, dict) and type(m.get("vocab_size")) is int and 0 < m["vocab_size"] <= 2 ** 16
+            and isinstance(m.get("splits"), dict)):   # (uint16 shards: at most 65,536 token ids)
         raise SystemExit(f"error: {path} is not a dataset manifest (no vocab_size/splits): {_run(data_dir, 're-run')}")
     if m.get("complete") is False:  # c4/prepare.py records its progress here while it runs
         raise SystemExit(f"error: {data_dir} is only partly prepared (interrupted?): re-run "
@@ -74,8 +75,8 @@ def open_dataset(data_dir, split):
             raise SystemExit(f"error: {data_dir}/meta.json: '{split}' entry {i} has no file name and token "
                              f"count: {rerun}")
         path = os.path.join(data_dir, e["file"])
-        if not os.path.exists(path):
-            raise SystemExit(f"error: {path} is missing: {rerun}")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: {path} is missing (or not a file): {rerun}")
         nbytes = os.path.getsize(path)
         if nbytes % 2:
             raise SystemExit(f"error: {path} has {nbytes} bytes, not a whole number of uint16 tokens "

@@ -11,7 +11,6 @@ file is written under a temporary name first, so a killed run loses only the
 shards it was working on. One train shard is ~356k documents, ~170M tokens.
 """
 import argparse
-import glob
 import gzip
 import hashlib
 import json
@@ -26,7 +25,7 @@ import numpy as np
 # run as a script from anywhere: make the repo root importable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.tokenizer import gpt2  # noqa: E402
-from gpt import write_atomic  # noqa: E402
+from gpt import remove_stale_temporaries, write_atomic  # noqa: E402
 
 URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/{}"
 SHARDS = {"train": ("c4-train", 1024), "val": ("c4-validation", 8)}  # file prefix, shards in C4 en
@@ -58,7 +57,7 @@ def fetch(name, src, raw):
                         f.write(chunk)
             except (urllib.error.URLError, TimeoutError) as e:   # no network, HTTP errors, timeouts
                 raise RuntimeError(f"error: download of {url} failed ({e}): check the network, or "
-                                   f"download the shards yourself and pass --src=DIR")
+                                   f"download the shards yourself and pass --src=DIR") from None
         try:
             write_atomic(path, download)
         except SystemExit as e:   # write_atomic's line: the disk is full or the folder read-only
@@ -85,7 +84,10 @@ def tokenize(job):
         try:
             with gzip.open(gz, "rt", encoding="utf-8") as lines:
                 for n, line in enumerate(lines, 1):  # {"text": ..., "timestamp": ..., "url": ...}
-                    text = json.loads(line)["text"]
+                    doc = json.loads(line)
+                    if not isinstance(doc, dict):
+                        raise ValueError(f"line {n} is a JSON {type(doc).__name__}, not an object with a 'text'")
+                    text = doc["text"]
                     if not isinstance(text, str):
                         raise ValueError(f"line {n}: 'text' is a {type(text).__name__}, not a string")
                     buf.extend(enc.encode_ordinary(text))
@@ -105,23 +107,6 @@ def tokenize(job):
         raise RuntimeError(str(e.code))
     entry = {"file": rel, "tokens": os.path.getsize(path) // 2, "sha256": sha.hexdigest()}
     return split, entry, docs, time.time() - t0
-
-
-def remove_stale_temporaries(out):
-    """Partial files of killed runs (`<name>.<pid>.tmp`, their writer gone). A worker that outlived
-    its killed parent is still writing its own, under its own pid: that one is left alone, and no
-    new writer ever shares its name."""
-    for tmp in glob.glob(os.path.join(glob.escape(out), "*", "*.tmp")):
-        pid = tmp.rsplit(".", 2)[-2]
-        try:
-            if pid.isdigit():
-                os.kill(int(pid), 0)   # raises if no such process
-                continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:        # alive, someone else's
-            continue
-        os.remove(tmp)
 
 
 def write_meta(out, done, complete):
@@ -144,6 +129,10 @@ def main(argv=None):
         if not 0 <= n <= SHARDS[split][1]:
             raise SystemExit(f"error: --{split}_shards={n}: C4 en has {SHARDS[split][1]} {split} shards, "
                              f"pick 0..{SHARDS[split][1]}")
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers={args.workers}: give 1 or more")
+    if args.train_shards + args.val_shards == 0:
+        raise SystemExit("error: --train_shards=0 and --val_shards=0: nothing to prepare")
     if args.src and not os.path.isdir(args.src):
         raise SystemExit(f"error: --src={args.src} is not a folder: point it at the C4 en json.gz files")
 
@@ -166,9 +155,13 @@ def main(argv=None):
     if missing:  # fail now, not after hours of tokenizing the others
         raise SystemExit(f"error: {os.path.join(args.src, missing[0])} not found ({len(missing)} shard(s) missing): "
                          f"--src must be the folder with the C4 en json.gz shards")
-    for d in ("train", "val") if args.src else ("train", "val", "raw"):
-        os.makedirs(os.path.join(args.out, d), exist_ok=True)
-    remove_stale_temporaries(args.out)
+    try:
+        for d in ("train", "val") if args.src else ("train", "val", "raw"):
+            os.makedirs(os.path.join(args.out, d), exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create {args.out}/ ({e.strerror}): give --out a writable folder")
+    for d in ("train", "val", "raw"):   # partial files of killed runs (a live worker's are kept)
+        remove_stale_temporaries(os.path.join(args.out, d))
 
     workers = max(1, min(args.workers, len(todo)))
     print(f"{sum(map(len, done.values()))} shard(s) already done, {len(todo)} to do with {workers} worker(s)")
