@@ -1880,6 +1880,51 @@ def test_c4_and_bench_bad_options(tmp_path):
         error_of(bench.main, ['--quick', *argv], match=match)
 
 
+def test_logged_loss_is_the_mean_of_its_steps(dataset, tmp_path):
+    """A train record's loss is the mean over the steps it covers: logging every 3 steps gives the
+    mean of the three per-step losses that logging every step gives."""
+    one = records(train_job(make_cfg(dataset, tmp_path / 'one', arm='base', max_iters=6, eval_interval=100))['out_dir'])
+    three = records(train_job(make_cfg(dataset, tmp_path / 'three', arm='base', max_iters=6, eval_interval=100,
+                                       log_interval=3))['out_dir'])
+    per_step = by_iter(one, 'train')
+    grouped = by_iter(three, 'train')
+    assert sorted(grouped) == [3, 6] and all(r['steps'] == 3 for r in grouped.values())
+    for end in (3, 6):
+        mean = sum(per_step[i]['loss'] for i in range(end - 2, end + 1)) / 3
+        assert grouped[end]['loss'] == pytest.approx(mean, rel=1e-6)
+
+
+def test_naive_pc_trains_what_the_cost_free_step_trains(dataset, base_run, tmp_path):
+    """pc_naive=True (W_c rebuilt in every micro-batch, plain autograd) and the cost-free step give
+    the same run to fp32 rounding, through train.py; only one process may run it."""
+    over = dict(arm_overrides('pc', base_run), max_iters=4, eval_interval=2, grad_accum=2)
+    fast, naive = run(dataset, tmp_path / 'fast', **over), run(dataset, tmp_path / 'naive', pc_naive=True, **over)
+    ra, rb = by_iter(records(tmp_path / 'fast'), 'train'), by_iter(records(tmp_path / 'naive'), 'train')
+    for i in ra:
+        assert rb[i]['loss'] == pytest.approx(ra[i]['loss'], abs=1e-5)
+    assert naive['val_loss'] == pytest.approx(fast['val_loss'], abs=1e-5)
+    assert_same_tensors(drop_key_bias(trained_state(tmp_path / 'fast')[1]),
+                        drop_key_bias(trained_state(tmp_path / 'naive')[1]), atol=1e-5)
+
+
+def test_a_base_meets_data_it_cannot_read(dataset, base_run, tmp_path):
+    """A base whose tokenizer or vocabulary is not the dataset's is refused with one line: a
+    character model on GPT-2 BPE data, or a dataset with more token ids than the model has."""
+    chars = write_dataset(tmp_path / 'chars')
+    m = json.loads(open(os.path.join(chars, 'meta.json')).read())
+    m.update(tokenizer='char', chars=''.join(chr(65 + i) for i in range(VOCAB)))
+    open(os.path.join(chars, 'meta.json'), 'w').write(json.dumps(m))
+    run(chars, tmp_path / 'cbase', arm='base', max_iters=1)
+    bpe = write_dataset(tmp_path / 'bpe')
+    m = json.loads(open(os.path.join(bpe, 'meta.json')).read())
+    open(os.path.join(bpe, 'meta.json'), 'w').write(json.dumps({**m, 'tokenizer': 'gpt2'}))
+    error_of(lambda: run(bpe, tmp_path / 'x', arm='pc', base_ckpt=str(tmp_path / 'cbase' / 'ckpt.pt'), max_iters=1),
+             match=r"reads char \(48 characters\) tokens but dataset .*bpe is gpt2 tokens")
+    wide = write_dataset(tmp_path / 'wide', vocab=VOCAB + 16)
+    error_of(lambda: run(wide, tmp_path / 'y', arm='hpr', base_ckpt=base_run['ckpt'], max_iters=1),
+             match=r"has 64 token ids but the model only 48")
+
+
 # ------------------------------------------------------------------------------------ failures
 
 def test_non_finite_loss_stops_cleanly(dataset, tmp_path, monkeypatch):
