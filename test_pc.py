@@ -882,6 +882,22 @@ def test_c4_resume(c4, capsys):
     assert "3 shard(s) already done, 0 to do" in capsys.readouterr().out
 
 
+def test_c4_keeps_finished_shards_of_a_failed_run(tmp_path, capsys):
+    """Every finished shard goes into meta.json (marked incomplete) as soon as it is done, so a run
+    that fails on a later shard keeps the earlier ones: the rerun does only what is left."""
+    src, out = tmp_path / 'src', tmp_path / 'c4'
+    write_c4_shards(src.mkdir() or src)
+    good = (src / 'c4-validation.00000-of-00008.json.gz').read_bytes()
+    (src / 'c4-validation.00000-of-00008.json.gz').write_bytes(b'not gzip')
+    error_of(run_c4, src, out, match=r"failed on .*c4-validation")      # train shards first, then val
+    m = json.loads((out / 'meta.json').read_text())
+    assert m['complete'] is False and len(m['splits']['train']) == 2 and not m['splits']['val']
+    (src / 'c4-validation.00000-of-00008.json.gz').write_bytes(good)
+    capsys.readouterr()
+    run_c4(src, out)
+    assert '2 shard(s) already done, 1 to do' in capsys.readouterr().out and meta(out)['complete'] is True
+
+
 def test_c4_bad_inputs(tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()
@@ -2811,6 +2827,9 @@ def test_export_command(tmp_path, capsys):
                    r"\(.*merged\.pt\)")
     with pytest.raises(SystemExit, match=r"^error: give SOURCE and OUT_DIR: python export\.py SOURCE OUT_DIR"):
         export.main([str(tmp_path / 'merged.pt')])
+    (tmp_path / 'afile').write_text('x')   # an OUT_DIR that cannot be a folder: one line
+    error_of(export.main, [str(tmp_path / 'merged.pt'), str(tmp_path / 'afile' / 'out')],
+             match=r"could not create .*afile/out")
 
 
 def char_checkpoint(path, seed=16, chars=None, **kw):
