@@ -149,7 +149,11 @@ def parse_args(argv):
         ns = dict(before)
         try:
             exec(open(path).read(), ns)
-        except (Exception, SystemExit) as e:
+        except SystemExit as e:   # the config's own one line, or a bare exit
+            if str(e.code).startswith('error: '):
+                raise
+            raise SystemExit(f"error: config file '{path}' fails to run: SystemExit: {e}")
+        except Exception as e:
             raise SystemExit(f"error: config file '{path}' fails to run: {type(e).__name__}: {e}")
         for key, value in ns.items():
             assigned = key not in before or type(value) is not type(before[key]) or value != before[key]
