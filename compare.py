@@ -148,6 +148,11 @@ def check_run(cfg):
     """The settings train.py would only reject after its model is built, rejected now."""
     if cfg['importance'] not in pc.METHODS:
         raise SystemExit(f"error: importance='{cfg['importance']}' is unknown; use one of {', '.join(pc.METHODS)}")
+    if cfg['importance'] == 'activation_gelu' and cfg['arm'] != 'base':
+        # train.py hands calibration batches to importance='activation' only, so this one would
+        # stop the first arm run after the base has trained
+        raise SystemExit("error: importance=activation_gelu cannot be trained by train.py yet (it gets no "
+                         "calibration batches); compare.py still shows its kept set next to the others'")
     if cfg['proj_dtype'] not in ('auto', *train.PROJ_DTYPES):
         raise SystemExit(f"error: proj_dtype='{cfg['proj_dtype']}' should be auto or one of {sorted(train.PROJ_DTYPES)}")
     if cfg['device'] not in ('auto', 'cpu') and not cfg['device'].startswith('cuda'):
@@ -194,9 +199,21 @@ def finished(cfg):
     if ckpt_iter(os.path.join(cfg['out_dir'], 'ckpt.pt')) != done.get('iters'):
         return None
     if cfg['arm'] != 'base' and (not os.path.isfile(cfg['base_ckpt']) or
-                                 done.get('base_sha256') != train.file_sha256(cfg['base_ckpt'])):
+                                 done.get('base_sha256') != base_sha256(cfg['base_ckpt'])):
         return None
     return done
+
+
+_sha = {}
+
+
+def base_sha256(path):
+    """train.file_sha256, once per file version (a big base is hashed once, not once per arm run)."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    if key not in _sha:
+        _sha[key] = train.file_sha256(path)
+    return _sha[key]
 
 
 def refuse_other_base(cfg):
@@ -381,6 +398,8 @@ def main(argv):
     os.makedirs(opts['out_dir'], exist_ok=True)
     info = {b: describe_base(path, base_summaries.get(b)) for b, path in bases}
     md = tables(results, race, info, opts, swept=len(rates) > 1)
+    if len(imps) > 1:
+        md += kept_overlap(bases, lv, imps, items[0][1])
     with open(os.path.join(opts['out_dir'], 'compare.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(opts['out_dir'], 'compare.json'), 'w') as f:
@@ -488,6 +507,35 @@ def tables(results, race, info, opts, swept):
                          f"{r0['arm'].upper()}{' (edge)' if r0['at_edge'] else ''} | " + ' | '.join(cells) + ' |')
         lines.append('')
     return '\n'.join(lines)
+
+
+def kept_overlap(bases, lv, imps, cfg):
+    """How far the importance methods agree: the share of the first method's kept residual
+    dimensions and MLP units (mean over layers) that each method also keeps, selected as train.py
+    selects them (same widths, seed and calibration batches). The activation_gelu scores are shown
+    too, though train.py cannot train with them yet."""
+    from data.loader import fixed_batches
+    data_dir = cfg['dataset'] if os.sep in cfg['dataset'] else os.path.join(HERE, 'data', cfg['dataset'])
+    calib = fixed_batches(data_dir, 'train', cfg['block_size'], cfg['batch_size'], cfg['importance_batches'],
+                          seed=cfg['seed'])
+    methods = imps + [m for m in ('activation_gelu',) if m not in imps and 'activation' in imps]
+    lines = [f"**Kept sets**: the share of {imps[0]}'s kept residual dimensions / MLP units (mean over "
+             f"layers) that each importance also keeps", '',
+             '| compression | base | ' + ' | '.join(methods) + (' | activation_gelu vs activation |'
+                                                                  if 'activation_gelu' in methods else ' |'),
+             '|' + '---|' * (2 + len(methods) + ('activation_gelu' in methods))]
+    share = lambda a, b, n: (len(set(a['D'].tolist()) & set(b['D'].tolist())) / n,
+                             sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a['F'], b['F'])) / a['F'].numel())
+    for lvl in lv:
+        for b, path in bases:
+            base_model = train.gpt.load_gpt(path)
+            small, _ = pc.compressed_config(base_model.config, compression=lvl, multiple_of=cfg['width_multiple'])
+            kept = {m: pc.select(pc.importance(base_model, m, calib if m.startswith('activation') else None,
+                                               seed=cfg['seed']), small.n_embd, small.d_ff) for m in methods}
+            pairs = [(methods[0], m) for m in methods] + [('activation', 'activation_gelu')] * ('activation_gelu' in methods)
+            cells = ["{:.0%} / {:.0%}".format(*share(kept[a], kept[b], small.n_embd)) for a, b in pairs]
+            lines.append(f"| {lvl:.0%} | {b} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines + ['', ''])
 
 
 def plot(race, info, opts):

@@ -1469,6 +1469,7 @@ def test_compare_bad_options(tmp_path):
              (['--lrs=fast'], r"--lrs=fast should be 'tuned' or comma-separated rates"),
              (['--lrs=-1'], r"rates must be positive"),
              (['--importance=magnitude,weights'], r"--importance=magnitude,weights: use"),
+             (['--importance=activation_gelu'], r"activation_gelu cannot be trained by train.py"),
              (['--compression=0.3'], r"--compression is set by compare.py .*--levels"),
              (['--learning_rate=0.1'], r"--learning_rate is set by compare.py .*--lrs"),
              (['--base.out_dir=x'], r"--base\.out_dir .*--base_dir"),
@@ -1524,6 +1525,16 @@ def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_ru
     numbers = lambda race: sorted((r['arm'], r['val_loss'], r['train_loss']) for r in race)
     assert numbers(one) == numbers(two)
     assert all(os.path.isfile(os.path.join(r['out_dir'], 'train.log')) for r in two)
+
+
+def test_compare_kept_sets(dataset, base_run):
+    """With several importances, compare.md says how much of the first one's kept set each keeps."""
+    cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)
+    md = compare.kept_overlap([('final', base_run['ckpt'])], [0.5], ['magnitude', 'activation', 'random'], cfg)
+    row = next(l for l in md.splitlines() if l.startswith('| 50% | final |'))
+    cells = [c.strip() for c in row.strip('|').split('|')][2:]
+    assert cells[0] == '100% / 100%' and len(cells) == 5   # + activation_gelu, and it against activation
+    assert all(re.fullmatch(r'\d+% / \d+%', c) for c in cells)
 
 
 def test_last_steps_loss(tmp_path):
