@@ -629,11 +629,14 @@ def process_row(label, base_cfg, small_cfg, tokens, world, compression):
 
 def paper_shapes():
     """(label, base config, compressed config, removed, compression) of the paper's six rows, with
-    the widths of the config/pc_*.py files (multiples of 64)."""
+    the widths config/paper_c4.py trains (the authors' widths)."""
+    grid = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config', 'paper_c4.py')
     for name in ('300m', '800m'):
         for c in (0.35, 0.5, 0.65):
-            small, removed = pc.compressed_config(gpt.preset(name), c, multiple_of=64)
-            yield name, gpt.preset(name), small, removed, c
+            cfg = train.parse_args([grid, f'--preset={name}', '--arm=pc', f'--compression={c}'])
+            base = gpt.preset(name, block_size=cfg['block_size'])
+            small, removed = pc.compressed_config(base, c, multiple_of=cfg['width_multiple'])
+            yield name, base, small, removed, c
 
 
 def bench_flops(args, base_cfg, max_tokens):

@@ -1,50 +1,282 @@
 """
-The paper's race, on the embedded default: from one base, with the same importance scores,
-optimizer, schedule, batch and tokens, does Projected Compression (PC) end at a lower loss than hard
-pruning with retraining (HPR)?
+The paper's race on the embedded default: from one base, with the same importance scores, schedule,
+batch, data and tokens, does Projected Compression (PC) end at a lower loss than hard pruning with
+retraining (HPR)? Each arm trains at its own learning rate, the best of a sweep (the rates are in
+config/compare_shakespeare_char.py, next to the command that finds them again).
 
-    python compare.py                      # 50% compression, two token budgets, ~12 min on 2 cores
-    python compare.py --levels=0.35,0.5,0.65 --early=True
+    python compare.py                                   # 50%, budgets of 500 and 1000 steps, ~12 min on 2 cores
+    python compare.py --levels=0.35,0.5,0.65,0.7,0.9 --early=True   # more levels; also a base of 1/4 the tokens
+    python compare.py --lrs=2^-12,2^-11,2^-10,2^-9,2^-8 --budgets=1000   # sweep: each arm at its best rate
+    python compare.py --lrs=0.001                       # both arms at one shared rate
+    python compare.py --importance=magnitude,activation,random   # one race per importance score
+    python compare.py --base=out/some_base/ckpt.pt      # race from an existing base instead of training one
 
 It prepares data/shakespeare_char and trains the base of config/base_shakespeare_char.py if they are
-missing (later runs reuse them, and reuse every arm run whose settings have not changed), runs PC
-and HPR for every compression level x token budget (x base: the final one, and with --early=True
-also the one kept at a quarter of its tokens), then writes a figure and a markdown table shaped like
-the paper's Table 1 into out_dir.
+missing, trains PC and HPR for every level x base x budget x importance x learning rate, then writes
+compare.md (tables shaped like the paper's Table 1), compare.json and compare.png (and compare_lr.png
+for a sweep) into out_dir. Finished runs are reused: a run counts as finished when its summary.json
+records exactly the asked settings and the ckpt.pt beside it is at the summary's last step.
 
-Options: the keys below as --key=value; any other --key=value is a train.py setting applied to every
-run (the base and the arms), e.g. --n_layer=2 for a quick try.
+Options: compare.py's own, below, as --key=value. Any other --key=value is a train.py setting for
+the arm runs (PC and HPR), e.g. --seed=2 or --decay_projections=True; --base.key=value is one for
+the base runs, e.g. --base.n_layer=2 for a quick try. Every arm run lives in its own folder named
+after its settings, so another option never replaces a finished run; a base folder that holds a
+base trained with other settings is refused (pass another --base_dir).
 """
+import hashlib
 import json
 import os
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
+import pc
 import train
 
 # ---- compare.py's own settings ----
-levels = '0.5'                # compression levels (fraction of the base's parameters removed)
-budgets = '500,1000'          # iterations of each arm run: one run per budget, each a full schedule
-early = False                 # also race from the base kept at early_ckpt_frac of its tokens
+levels = '0.5'                # compression levels: the fraction of the base's parameters removed
+budgets = '500,1000'          # steps of each arm run: one run per budget, each a full schedule
+lrs = 'tuned'                 # tuned: each arm at its rate in arm_config; one rate: both arms at it;
+                              # several (2^-k or numbers): every arm at each, raced at its best held-out rate
+importance = ''               # '' = arm_config's; several (magnitude,activation,random): one race each
+early = False                 # also race from the early base: base_config trained on a quarter of the
+                              # tokens as its own run (own warmup and full cosine schedule)
+mid = False                   # also race from the final base's checkpoint at a quarter of its tokens
+                              # (mid-schedule, learning rate still high)
+base = ''                     # race from this base checkpoint instead of training one
 last_steps = 100              # the paper's measure: training loss averaged over the last N steps
+jobs = 1                      # training processes at once (>1: child processes, one thread each)
 base_config = 'config/base_shakespeare_char.py'
 arm_config = 'config/compare_shakespeare_char.py'
 base_dir = ''                 # where the base lives; '' = the out_dir of base_config
 out_dir = 'out/compare'
 
+OWN = dict(levels=levels, budgets=budgets, lrs=lrs, importance=importance, early=early, mid=mid,
+           base=base, last_steps=last_steps, jobs=jobs, base_config=base_config,
+           arm_config=arm_config, base_dir=base_dir, out_dir=out_dir)
+# train.py settings that compare.py sets for every arm run itself, and the option that sets them
+SET_HERE = dict(arm='compare.py runs both arms', base_ckpt='use --base=<checkpoint>',
+                compression='use --levels', max_iters='use --budgets', max_tokens='use --budgets',
+                tokens_per_param='use --budgets', stop_iter='use --budgets',
+                learning_rate='use --lrs', min_lr='use --lrs (min_lr is a tenth of each rate)',
+                early_ckpt_frac='arm runs keep no early checkpoint', init_from='compare.py decides it')
+BASE_SET_HERE = dict(arm='the base is arm=base', out_dir='use --base_dir', init_from='compare.py decides it')
+ARMS = ('hpr', 'pc')
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def run(cfg, label):
-    """Train unless a finished run with the same settings is already in cfg['out_dir']."""
+
+# ----------------------------------------------------------------------------------------------
+# Options: every one is checked before any work.
+
+def parse_options(argv):
+    """(compare.py's options, train.py settings for the arms, train.py settings for the base)."""
+    opts, arm_args, base_args = dict(OWN), [], []
+    for a in argv:
+        key, eq, value = a[2:].partition('=')
+        if not a.startswith('--') or not eq:
+            raise SystemExit(f"error: '{a}' should look like --key=value (see compare.py's docstring)")
+        if key in opts:
+            want = type(OWN[key])
+            if want is bool:   # only true/false spellings: '--early=yes' must not read as False
+                if value not in ('True', 'true', 'False', 'false'):
+                    raise SystemExit(f"error: --{key}={value} should be True or False")
+                opts[key] = value in ('True', 'true')
+            else:
+                try:
+                    opts[key] = want(value)
+                except ValueError:
+                    raise SystemExit(f"error: --{key}={value} should be a {want.__name__}")
+        elif key.startswith('base.'):
+            if key[5:] in BASE_SET_HERE:
+                raise SystemExit(f"error: --{key} is not a setting to pass: {BASE_SET_HERE[key[5:]]}")
+            base_args.append(f"--{key[5:]}={value}")
+        elif key in SET_HERE:
+            raise SystemExit(f"error: --{key} is set by compare.py for every arm run: {SET_HERE[key]}")
+        else:
+            arm_args.append(a)
+    return opts, arm_args, base_args
+
+
+def parse_rate(text):
+    """A learning rate: a number (0.001) or a power of two (2^-10 or 2**-10)."""
+    t = text.strip().replace('**', '^')
+    if t.startswith('2^'):
+        return 2.0 ** float(t[2:])
+    return float(t)
+
+
+def rate_name(lr):
+    """2^-10 for a power of two, else the number."""
+    import math
+    k = math.log2(lr)
+    return f"2^{k:g}" if k == round(k) else f"{lr:.3g}"
+
+
+def checked_lists(opts):
+    try:
+        lv = [float(x) for x in opts['levels'].split(',')]
+        bud = [int(x) for x in opts['budgets'].split(',')]
+    except ValueError:
+        raise SystemExit(f"error: --levels={opts['levels']} and --budgets={opts['budgets']} should be "
+                         f"comma-separated numbers, e.g. --levels=0.35,0.5 --budgets=500,1000")
+    if not all(0 < x < 1 for x in lv):
+        raise SystemExit(f"error: --levels={opts['levels']}: every level is the fraction of parameters "
+                         f"removed, strictly between 0 and 1 (e.g. 0.5)")
+    if min(bud) <= 0 or opts['last_steps'] <= 0 or opts['jobs'] <= 0:
+        raise SystemExit("error: --budgets, --last_steps and --jobs must be positive")
+    if opts['lrs'] == 'tuned':
+        rates = [None]
+    else:
+        try:
+            rates = [parse_rate(x) for x in opts['lrs'].split(',')]
+        except ValueError:
+            raise SystemExit(f"error: --lrs={opts['lrs']} should be 'tuned' or comma-separated rates, "
+                             f"e.g. --lrs=0.001 or --lrs=2^-12,2^-11,2^-10")
+        if not all(r > 0 for r in rates) or len(set(rates)) != len(rates):
+            raise SystemExit(f"error: --lrs={opts['lrs']}: rates must be positive and different")
+    imps = opts['importance'].split(',') if opts['importance'] else [None]
+    bad = [m for m in imps if m is not None and m not in pc.METHODS]
+    if bad or len(set(imps)) != len(imps):
+        raise SystemExit(f"error: --importance={opts['importance']}: use different ones of "
+                         f"{', '.join(pc.METHODS)}")
+    return lv, bud, sorted(rates, key=lambda r: -1 if r is None else r), imps
+
+
+def check_run(cfg):
+    """The settings train.py would only reject after its model is built, rejected now."""
+    if cfg['importance'] not in pc.METHODS:
+        raise SystemExit(f"error: importance='{cfg['importance']}' is unknown; use one of {', '.join(pc.METHODS)}")
+    if cfg['proj_dtype'] not in ('auto', *train.PROJ_DTYPES):
+        raise SystemExit(f"error: proj_dtype='{cfg['proj_dtype']}' should be auto or one of {sorted(train.PROJ_DTYPES)}")
+    if cfg['device'] not in ('auto', 'cpu') and not cfg['device'].startswith('cuda'):
+        raise SystemExit(f"error: device='{cfg['device']}' should be auto, cpu or cuda")
+    if cfg['device'].startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: device='{cfg['device']}' but this machine has no CUDA GPU; use --device=auto")
+    for key in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
+        if cfg[key] <= 0:
+            raise SystemExit(f"error: {key}={cfg[key]} must be positive")
+    if cfg['dataset'] != 'shakespeare_char':   # the embedded one is prepared here if missing
+        folder = cfg['dataset'] if os.sep in cfg['dataset'] else os.path.join(HERE, 'data', cfg['dataset'])
+        if not os.path.isfile(os.path.join(folder, 'meta.json')):
+            raise SystemExit(f"error: dataset '{cfg['dataset']}' is not prepared ({folder}/meta.json "
+                             f"missing); run its data/<name>/prepare.py first")
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs: reuse a finished one, else train (in this process, or in a child process per run).
+
+def settings_of(cfg):
+    """What makes two runs the same run: every setting but where it lives and how it started."""
+    return {k: v for k, v in cfg.items() if k not in ('out_dir', 'init_from')}
+
+
+def ckpt_iter(path):
+    """The iteration a checkpoint was saved at (memory-mapped: a big base is not read whole)."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True).get('iter')
+    except Exception:
+        return None
+
+
+def finished(cfg):
+    """The summary of a finished run of exactly these settings in cfg['out_dir'], else None: its
+    summary records the same settings, the ckpt.pt beside it is at the summary's last step (a base
+    still training, or stopped mid-run, is never taken as done), and an arm run's base is unchanged."""
     path = os.path.join(cfg['out_dir'], 'summary.json')
-    if os.path.exists(path):
-        done = json.load(open(path))
-        same_base = cfg['arm'] == 'base' or (os.path.exists(cfg['base_ckpt']) and
-                                             done.get('base_sha256') == train.gpt.base_sha256(cfg['base_ckpt']))
-        if done.get('config') == cfg and same_base:
-            print(f"== {label}: reusing {cfg['out_dir']}")
-            return done
-    resume = os.path.exists(os.path.join(cfg['out_dir'], 'ckpt.pt')) and cfg['arm'] == 'base'
-    print(f"== {label}" + (" (resuming)" if resume else ""), flush=True)
-    return train.train({**cfg, 'init_from': 'resume' if resume else 'scratch'})
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        done = json.load(f)
+    if settings_of(done.get('config', {})) != settings_of(cfg):
+        return None
+    if ckpt_iter(os.path.join(cfg['out_dir'], 'ckpt.pt')) != done.get('iters'):
+        return None
+    if cfg['arm'] != 'base' and ((cfg['base_ckpt'].endswith('.pt') and not os.path.isfile(cfg['base_ckpt'])) or
+                                 done.get('base_sha256') != base_sha256(cfg['base_ckpt'])):
+        return None
+    return done
+
+
+_sha = {}
+
+
+def base_sha256(spec):
+    """gpt.base_sha256 (a checkpoint, model folder or pretrained name), once per file version: a big
+    base is hashed once, not once per arm run."""
+    st = os.stat(spec) if os.path.isfile(spec) else None
+    key = (os.path.abspath(spec), st.st_mtime_ns, st.st_size) if st else spec
+    if key not in _sha:
+        _sha[key] = train.gpt.base_sha256(spec)
+    return _sha[key]
+
+
+def refuse_other_base(cfg):
+    """A base folder holding a base of other settings (finished or not) is never overwritten."""
+    for name in ('summary.json', 'ckpt.pt'):
+        path = os.path.join(cfg['out_dir'], name)
+        if not os.path.isfile(path):
+            continue
+        if name == 'summary.json':
+            with open(path) as f:
+                theirs = json.load(f).get('config', {})
+        else:
+            theirs = train.gpt.load_checkpoint(path)['config']
+        diff = [f"{k}={theirs.get(k)!r} (asked {v!r})" for k, v in settings_of(cfg).items() if theirs.get(k) != v]
+        if diff:
+            raise SystemExit(f"error: {cfg['out_dir']} holds a base trained with other settings: "
+                             f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}; pass "
+                             f"--base_dir=<another folder> to train this one there")
+
+
+def train_in_child(cfg):
+    """train.train(cfg) in a child process with one thread; its output goes to out_dir/train.log."""
+    os.makedirs(cfg['out_dir'], exist_ok=True)
+    cfg_path, log_path = (os.path.join(cfg['out_dir'], n) for n in ('compare_cfg.json', 'train.log'))
+    with open(cfg_path, 'w') as f:
+        json.dump(cfg, f)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1',
+           'PYTHONPATH': HERE + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    with open(log_path, 'w') as log:
+        rc = subprocess.run([sys.executable, '-c', 'import json, sys, train; '
+                             'train.train(json.load(open(sys.argv[1])))', cfg_path],
+                            stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if rc:
+        raise SystemExit(f"error: the run in {cfg['out_dir']} failed (exit code {rc}); see {log_path}")
+
+
+def run_all(jobs_, items):
+    """items: (label, cfg). Reuses finished runs, trains the others; returns their summaries."""
+    todo = []
+    for i, (label, cfg) in enumerate(items):
+        if finished(cfg):
+            print(f"== [{i + 1}/{len(items)}] {label}: reusing {cfg['out_dir']}")
+        else:
+            todo.append((i, label, cfg))
+    def one(job):
+        i, label, cfg = job
+        resume = cfg['arm'] == 'base' and os.path.isfile(os.path.join(cfg['out_dir'], 'ckpt.pt'))
+        cfg = {**cfg, 'init_from': 'resume' if resume else 'scratch'}
+        where = f" (log: {cfg['out_dir']}/train.log)" if jobs_ > 1 else ""
+        print(f"== [{i + 1}/{len(items)}] {label}" + (" (resuming)" if resume else "") + where, flush=True)
+        if jobs_ > 1:
+            train_in_child(cfg)
+        else:
+            train.train(cfg)
+    if jobs_ > 1:
+        with ThreadPoolExecutor(jobs_) as ex:
+            list(ex.map(one, todo))
+    else:
+        for job in todo:
+            one(job)
+    out = []
+    for label, cfg in items:
+        done = finished(cfg)
+        if done is None:
+            raise SystemExit(f"error: {cfg['out_dir']} did not finish; see its metrics.jsonl")
+        out.append(done)
+    return out
 
 
 def records(run_dir, kind):
@@ -62,94 +294,271 @@ def last_steps_loss(run_dir, n):
     return total / steps
 
 
+def run_name(cfg, level, base_label, iters, arm):
+    """A readable prefix and a hash of every setting: another option, another folder."""
+    h = hashlib.sha256(json.dumps(settings_of(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return (f"c{round(level * 100)}_{base_label}_{iters}_{arm}_{cfg['importance']}_"
+            f"lr{rate_name(cfg['learning_rate'])}_{h}")
+
+
+# ----------------------------------------------------------------------------------------------
+
 def main(argv):
-    opts = dict(levels=levels, budgets=budgets, early=early, last_steps=last_steps,
-                base_config=base_config, arm_config=arm_config, base_dir=base_dir, out_dir=out_dir)
-    ours, theirs = [], []
-    for a in argv:
-        (ours if a.startswith('--') and a[2:].partition('=')[0] in opts else theirs).append(a)
-    for a in ours:
-        key, _, value = a[2:].partition('=')
-        try:
-            opts[key] = value in ('True', 'true', '1') if isinstance(opts[key], bool) else type(opts[key])(value)
-        except ValueError:
-            raise SystemExit(f"error: --{key}={value} should be a {type(opts[key]).__name__}")
-    if any(not a.startswith('--') for a in theirs):
-        raise SystemExit(f"error: compare.py takes only --key=value options, got {theirs}")
-    try:
-        lv = [float(x) for x in str(opts['levels']).split(',')]
-        bud = [int(x) for x in str(opts['budgets']).split(',')]
-    except ValueError:
-        raise SystemExit(f"error: --levels={opts['levels']} and --budgets={opts['budgets']} should be "
-                         f"comma-separated numbers, e.g. --levels=0.35,0.5 --budgets=500,1000")
-    if min(bud) <= 0 or opts['last_steps'] <= 0:
-        raise SystemExit("error: --budgets and --last_steps must be positive")
+    opts, arm_args, base_args = parse_options(argv)
+    lv, bud, rates, imps = checked_lists(opts)
+    for path in (opts['base_config'], opts['arm_config']):
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: config file '{path}' not found (see config/)")
+
+    # the bases: trained here (final, and with --early its own early run) or given with --base
+    base_runs, bases = [], []
+    if opts['base']:
+        if opts['early'] or opts['mid'] or base_args or opts['base_dir']:
+            raise SystemExit("error: --base races from the given checkpoint only; drop --early, --mid, "
+                             "--base_dir and --base.* options, which are for a base trained here")
+        name = opts['base']
+        if (os.sep in name or name.endswith('.pt')) and not os.path.isfile(name):
+            raise SystemExit(f"error: --base={name} does not exist; give a base checkpoint written by train.py")
+        bases.append(('given', name))
+    else:
+        final = train.parse_args([opts['base_config']] + base_args +
+                                 ([f"--out_dir={opts['base_dir']}"] if opts['base_dir'] else []))
+        if final['arm'] != 'base':
+            raise SystemExit(f"error: {opts['base_config']} is an arm={final['arm']} config; give a base config")
+        check_run(final)
+        base_runs.append((f"base: {opts['base_config']}", final))
+        bases.append(('final', os.path.join(final['out_dir'], 'ckpt.pt')))
+        if opts['early']:   # same recipe on a quarter of the tokens, with its own full schedule
+            quarter = {k: final[k] / 4 for k in ('tokens_per_param', 'max_tokens') if final[k]}
+            if final['max_iters']:
+                quarter['max_iters'] = max(1, final['max_iters'] // 4)
+            if 'max_tokens' in quarter:
+                quarter['max_tokens'] = int(quarter['max_tokens'])
+            early_cfg = {**final, **quarter, 'early_ckpt_frac': 0.0, 'out_dir': final['out_dir'] + '_early'}
+            base_runs.append((f"early base: {opts['base_config']} on a quarter of the tokens", early_cfg))
+            bases.append(('early', os.path.join(early_cfg['out_dir'], 'ckpt.pt')))
+        if opts['mid']:
+            if abs(final['early_ckpt_frac'] - 0.25) > 1e-9:
+                raise SystemExit(f"error: --mid=True needs the base to keep ckpt_early.pt at a quarter "
+                                 f"of its tokens (early_ckpt_frac=0.25, now {final['early_ckpt_frac']})")
+            bases.append(('mid', os.path.join(final['out_dir'], 'ckpt_early.pt')))
+
+    # every arm run's settings, checked before any training
+    items = []
+    for lvl in lv:
+        for b, path in bases:
+            for n in bud:
+                for imp in imps:
+                    for arm in ARMS:
+                        for lr in rates:
+                            args = [opts['arm_config']] + arm_args + [
+                                f'--arm={arm}', f'--base_ckpt={path}', f'--compression={lvl}',
+                                f'--max_iters={n}', '--max_tokens=0', '--tokens_per_param=0.0',
+                                '--stop_iter=0', '--early_ckpt_frac=0.0']
+                            args += [f'--importance={imp}'] if imp else []
+                            args += [f'--learning_rate={lr!r}', f'--min_lr={lr / 10!r}'] if lr else []
+                            cfg = train.parse_args(args)
+                            check_run(cfg)
+                            cfg['out_dir'] = os.path.join(opts['out_dir'], run_name(cfg, lvl, b, n, arm))
+                            items.append((dict(level=lvl, base=b, iters=n, arm=arm), cfg))
+    for run_ in base_runs:
+        if items[0][1]['dataset'] != run_[1]['dataset']:
+            raise SystemExit(f"error: the arms would train on {items[0][1]['dataset']} but the base on "
+                             f"{run_[1]['dataset']}; pass the dataset to both (--dataset=X --base.dataset=X)")
+        if items[0][1]['block_size'] > run_[1]['block_size']:
+            raise SystemExit(f"error: the arms' block_size={items[0][1]['block_size']} is larger than the "
+                             f"base's ({run_[1]['block_size']})")
+        if not finished(run_[1]):
+            refuse_other_base(run_[1])
 
     # 1. the embedded dataset, prepared if missing
-    base_cfg = train.parse_args([opts['base_config']] + theirs)
-    here = os.path.dirname(os.path.abspath(__file__))
-    if (base_cfg['dataset'] == 'shakespeare_char'
-            and not os.path.exists(os.path.join(here, 'data', 'shakespeare_char', 'meta.json'))):
+    if (items[0][1]['dataset'] == 'shakespeare_char'
+            and not os.path.isfile(os.path.join(HERE, 'data', 'shakespeare_char', 'meta.json'))):
         print("== preparing data/shakespeare_char")
         from data.shakespeare_char import prepare
         prepare.main()
 
-    # 2. the base (and its early checkpoint)
-    if opts['base_dir']:
-        base_cfg['out_dir'] = opts['base_dir']
-    base = run(base_cfg, f"base: {opts['base_config']}")
-    bases = [('final', os.path.join(base_cfg['out_dir'], 'ckpt.pt'))]
-    if opts['early']:
-        bases.append(('early', os.path.join(base_cfg['out_dir'], 'ckpt_early.pt')))
-
-    # 3. the arms: same settings but for arm (and pc's own switches), one out_dir each
+    # 2. the bases, 3. the arms
+    base_summaries = dict(zip([b for b, _ in bases], run_all(opts['jobs'], base_runs)))
+    label = lambda m, c: (f"{m['arm'].upper()} at {m['level']:.0%} from the {m['base']} base, {m['iters']} "
+                          f"iters, {c['importance']}, lr {rate_name(c['learning_rate'])}")
+    summaries = run_all(opts['jobs'], [(label(m, c), c) for m, c in items])
     results = []
-    runs = [(lvl, b, path, n, arm) for lvl in lv for b, path in bases for n in bud for arm in ('hpr', 'pc')]
-    for i, (lvl, b, path, n, arm) in enumerate(runs):
-        name = f"c{round(lvl * 100)}_{b}_{n}_{arm}"
-        cfg = train.parse_args([opts['arm_config']] + theirs + [
-            f'--arm={arm}', f'--base_ckpt={path}', f'--compression={lvl}', f'--max_iters={n}',
-            '--max_tokens=0', '--tokens_per_param=0.0', '--stop_iter=0', '--early_ckpt_frac=0.0',
-            f"--out_dir={os.path.join(opts['out_dir'], name)}"])
-        summary = run(cfg, f"[{i + 1}/{len(runs)}] {arm.upper()} at {lvl:.0%} from the {b} base, {n} iters")
-        results.append(dict(level=lvl, base=b, iters=n, **{k: summary[k] for k in (
-            'arm', 'out_dir', 'tokens', 'val_loss', 'params', 'trainable_params')},
-            train_loss=last_steps_loss(summary['out_dir'], opts['last_steps'])))
+    for (meta_, cfg), s in zip(items, summaries):
+        results.append(dict(meta_, importance=cfg['importance'], lr=cfg['learning_rate'],
+                            **{k: s[k] for k in ('out_dir', 'tokens', 'val_loss', 'params', 'trainable_params')},
+                            train_loss=last_steps_loss(s['out_dir'], opts['last_steps'])))
+    race = best_rates(results)
 
-    # 4. figure and table
+    # 4. tables and figures
     os.makedirs(opts['out_dir'], exist_ok=True)
-    png = plot(results, base, opts)
-    md = table(results, base, base_cfg, opts)
+    info = {b: describe_base(path, base_summaries.get(b)) for b, path in bases}
+    md = tables(results, race, info, opts, swept=len(rates) > 1)
+    if len(imps) > 1:
+        md += kept_overlap(bases, lv, imps, items[0][1])
+    with open(os.path.join(opts['out_dir'], 'compare.md'), 'w') as f:
+        f.write(md)
     with open(os.path.join(opts['out_dir'], 'compare.json'), 'w') as f:
-        json.dump(dict(base=base, runs=results), f, indent=1)
+        json.dump(dict(bases=info, race=race, runs=results), f, indent=1)
+    pngs = [plot(race, info, opts)] + ([plot_rates(results, race, opts)] if len(rates) > 1 else [])
     print(md)
-    print(f"figure: {png}\ntable:  {os.path.join(opts['out_dir'], 'compare.md')}")
-    return results
+    print(f"figures: {', '.join(pngs)}\ntable:   {os.path.join(opts['out_dir'], 'compare.md')}")
+    return race
 
 
-def plot(results, base, opts):
-    """Per compression level: validation loss against tokens (top, zoomed past the step-0 drop) and
-    PC minus HPR (bottom: below zero, PC is ahead)."""
+def best_rates(results):
+    """Per level, base, budget, importance and arm: the run at the arm's best held-out rate (with
+    one rate per arm, that run), flagged when the best rate is the lowest or highest tried."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r['level'], r['base'], r['iters'], r['importance'], r['arm']), []).append(r)
+    race = []
+    for runs in groups.values():
+        best = min(runs, key=lambda r: r['val_loss'])
+        tried = sorted(r['lr'] for r in runs)
+        race.append(dict(best, rates_tried=tried,
+                         at_edge=len(tried) > 1 and best['lr'] in (tried[0], tried[-1])))
+    return race
+
+
+def describe_base(path, summary):
+    """Size and, for a base trained here, tokens and held-out loss."""
+    ckpt = train.gpt.load_checkpoint(path)
+    mcfg = train.gpt.GPTConfig(**ckpt['model_args'])
+    out = dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
+               n_embd=mcfg.n_embd, d_ff=mcfg.d_ff, iter=ckpt.get('iter'))
+    if summary is not None:
+        out.update(tokens=summary['tokens'], val_loss=summary['val_loss'])
+    elif ckpt.get('config') and ckpt.get('iter') is not None:   # a checkpoint kept mid-run
+        c = ckpt['config']
+        out['tokens'] = ckpt['iter'] * c['batch_size'] * c['block_size'] * c['grad_accum']
+    return out
+
+
+def tables(results, race, info, opts, swept):
+    budgets_ = sorted({r['tokens'] for r in race})
+    imps = sorted({r['importance'] for r in race})
+    order = lambda r: (r['importance'], r['level'], ['final', 'early', 'mid', 'given'].index(r['base']))
+    lines = []
+    for b, d in info.items():
+        line = f"Base ({b}): {d['params']:,} parameters; {d['n_layer']} layers, n_embd {d['n_embd']}, d_ff {d['d_ff']}"
+        if 'tokens' in d:
+            line += f"; {d['tokens']:,} tokens ({d['tokens'] / d['params']:.1f} per parameter)"
+        if 'val_loss' in d:
+            line += f"; validation loss {d['val_loss']:.4f}"
+        lines.append(line + f" ({d['path']}).")
+    mode = ("each arm at its own best held-out rate of the sweep" if swept else
+            "each arm at its rate in " + opts['arm_config'] if opts['lrs'] == 'tuned' else
+            f"both arms at {opts['lrs']}")
+    lines += ['', f"Learning rates: {mode} (the rate of each cell after @; min_lr a tenth of it).", '']
+    head = ('| importance | compression | base | arm | params | trained params | '
+            + ' | '.join(f"{t / 1e6:.3g}M tok" for t in budgets_) + ' |')
+    rule = '|' + '---|' * (6 + len(budgets_))
+    cell = {(r['importance'], r['level'], r['base'], r['arm'], r['tokens']): r for r in race}
+    keys = sorted({(r['importance'], r['level'], r['base']) for r in race},
+                  key=lambda k: order(dict(importance=k[0], level=k[1], base=k[2])))
+    for title, key in (('Held-out validation loss', 'val_loss'),
+                       (f"Training loss averaged over the last {opts['last_steps']} steps of each run, "
+                        f"or all of a shorter one (the paper's measure)", 'train_loss')):
+        lines += [f"**{title}** (columns: retraining tokens of each run; best of each pair in bold)",
+                  '', head, rule]
+        for imp, lvl, b in keys:
+            for arm in ARMS:
+                row = [cell.get((imp, lvl, b, arm, t)) for t in budgets_]
+                any_r = next(r for r in row if r)
+                cells = []
+                for t, r in zip(budgets_, row):
+                    if r is None:
+                        cells.append('')
+                        continue
+                    other = cell.get((imp, lvl, b, 'pc' if arm == 'hpr' else 'hpr', t))
+                    v = f"{r[key]:.4f}"
+                    v = f"**{v}**" if other is None or r[key] <= other[key] else v
+                    cells.append(f"{v} @ {rate_name(r['lr'])}" + (" (edge)" if r['at_edge'] else ""))
+                lines.append(f"| {imp} | {lvl:.0%} | {b} | {arm.upper()} | {any_r['params']:,} | "
+                             f"{any_r['trainable_params']:,} | " + ' | '.join(cells) + ' |')
+        lines.append('')
+    lines += ["**PC - HPR** (below zero: PC ahead; held-out / the paper's measure)", '',
+              '| importance | compression | base | ' + ' | '.join(f"{t / 1e6:.3g}M tok" for t in budgets_) + ' |',
+              '|' + '---|' * (3 + len(budgets_))]
+    for imp, lvl, b in keys:
+        cells = []
+        for t in budgets_:
+            h, p = cell.get((imp, lvl, b, 'hpr', t)), cell.get((imp, lvl, b, 'pc', t))
+            cells.append(f"{p['val_loss'] - h['val_loss']:+.4f} / {p['train_loss'] - h['train_loss']:+.4f}"
+                         if h and p else '')
+        lines.append(f"| {imp} | {lvl:.0%} | {b} | " + ' | '.join(cells) + ' |')
+    lines.append('')
+    if swept:
+        rates_ = sorted({r['lr'] for r in results})
+        lines += ["**The sweep: held-out validation loss at each learning rate** (best of each row in bold; "
+                  "(edge): the best is the lowest or highest rate tried, widen --lrs)", '',
+                  '| importance | compression | base | steps | arm | ' + ' | '.join(rate_name(x) for x in rates_) + ' |',
+                  '|' + '---|' * (5 + len(rates_))]
+        for r0 in sorted(race, key=lambda r: (*order(r), r['iters'], r['arm'])):
+            runs = {r['lr']: r for r in results if all(r[k] == r0[k] for k in ('importance', 'level', 'base', 'iters', 'arm'))}
+            cells = [('' if x not in runs else f"**{runs[x]['val_loss']:.4f}**" if x == r0['lr']
+                      else f"{runs[x]['val_loss']:.4f}") for x in rates_]
+            lines.append(f"| {r0['importance']} | {r0['level']:.0%} | {r0['base']} | {r0['iters']} | "
+                         f"{r0['arm'].upper()}{' (edge)' if r0['at_edge'] else ''} | " + ' | '.join(cells) + ' |')
+        lines.append('')
+    return '\n'.join(lines)
+
+
+def kept_overlap(bases, lv, imps, cfg):
+    """How far the importance methods agree: the share of the first method's kept residual
+    dimensions and MLP units (mean over layers) that each method also keeps, selected as train.py
+    selects them (same widths, seed and calibration batches). The activation_gelu scores are shown
+    too, though train.py cannot train with them yet."""
+    from data.loader import fixed_batches
+    data_dir = cfg['dataset'] if os.sep in cfg['dataset'] else os.path.join(HERE, 'data', cfg['dataset'])
+    calib = fixed_batches(data_dir, 'train', cfg['block_size'], cfg['batch_size'], cfg['importance_batches'],
+                          seed=cfg['seed'])
+    methods = imps + [m for m in ('activation_gelu',) if m not in imps and 'activation' in imps]
+    lines = [f"**Kept sets**: the share of {imps[0]}'s kept residual dimensions / MLP units (mean over "
+             f"layers) that each importance also keeps", '',
+             '| compression | base | ' + ' | '.join(methods) + (' | activation_gelu vs activation |'
+                                                                  if 'activation_gelu' in methods else ' |'),
+             '|' + '---|' * (2 + len(methods) + ('activation_gelu' in methods))]
+    share = lambda a, b, n: (len(set(a['D'].tolist()) & set(b['D'].tolist())) / n,
+                             sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a['F'], b['F'])) / a['F'].numel())
+    for lvl in lv:
+        for b, path in bases:
+            base_model = train.gpt.load_gpt(path)
+            small, _ = pc.compressed_config(base_model.config, compression=lvl, multiple_of=cfg['width_multiple'])
+            kept = {m: pc.select(pc.importance(base_model, m, calib if m.startswith('activation') else None,
+                                               seed=cfg['seed']), small.n_embd, small.d_ff) for m in methods}
+            pairs = [(methods[0], m) for m in methods] + [('activation', 'activation_gelu')] * ('activation_gelu' in methods)
+            cells = ["{:.0%} / {:.0%}".format(*share(kept[a], kept[b], small.n_embd)) for a, b in pairs]
+            lines.append(f"| {lvl:.0%} | {b} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines + ['', ''])
+
+
+def plot(race, info, opts):
+    """Per compression level: validation loss against tokens of the longest runs (top, zoomed past
+    the step-0 drop) and PC minus HPR (bottom: below zero, PC is ahead); first importance only."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    lvls = sorted({r['level'] for r in results})
-    longest = max(r['iters'] for r in results)
-    fig, axes = plt.subplots(2, len(lvls), figsize=(max(8, 6 * len(lvls)), 7.5), squeeze=False,
+    imp = sorted({r['importance'] for r in race})[0]
+    race = [r for r in race if r['importance'] == imp]
+    lvls = sorted({r['level'] for r in race})
+    longest = max(r['iters'] for r in race)
+    fig, axes = plt.subplots(2, len(lvls), figsize=(max(8, 5.5 * len(lvls)), 7.5), squeeze=False,
                              gridspec_kw=dict(height_ratios=[2, 1]), sharex='col')
     colors = {'hpr': 'tab:orange', 'pc': 'tab:blue'}
+    styles = {'final': '-', 'early': ':', 'mid': '-.', 'given': '-'}
     for col, lvl in enumerate(lvls):
         ax, dax = axes[0, col], axes[1, col]
         curve, shown, starts = {}, [], {}
-        for r in results:
+        for r in race:
             if r['level'] != lvl:
                 continue
-            style = '-' if r['base'] == 'final' else ':'
-            label = f"{r['arm'].upper()} ({r['base']} base)"
+            label = f"{r['arm'].upper()} ({r['base']} base, lr {rate_name(r['lr'])})"
             if r['iters'] == longest:   # the whole curve of the longest run
                 ev = records(r['out_dir'], 'eval')
                 curve[r['base'], r['arm']] = ev
-                ax.plot([e['tokens'] / 1e6 for e in ev], [e['val_loss'] for e in ev], style,
+                ax.plot([e['tokens'] / 1e6 for e in ev], [e['val_loss'] for e in ev], styles[r['base']],
                         color=colors[r['arm']], label=label)
                 shown += [e['val_loss'] for e in ev[1:]]
                 starts[r['base']] = ev[0]['val_loss']
@@ -157,71 +566,67 @@ def plot(results, base, opts):
                 ax.plot(r['tokens'] / 1e6, r['val_loss'], 'o' if r['base'] == 'final' else 's',
                         color=colors[r['arm']], mfc='none', label=f"{label}, end of a {r['iters']}-iter run")
                 shown.append(r['val_loss'])
-        ax.axhline(base['val_loss'], color='gray', lw=0.8, ls='--', label='uncompressed base')
+        for b, d in info.items():
+            if 'val_loss' in d:
+                ax.axhline(d['val_loss'], color='gray', lw=0.8, ls=styles[b], label=f'uncompressed {b} base')
         # the step-0 loss of the pruned model is far above the rest: keep the interesting range
-        ax.set_ylim(min(shown + [base['val_loss']]) - 0.02, max(shown) + 0.02)
-        at0 = ', '.join(f"{v:.3f} ({b} base)" for b, v in sorted(starts.items(), key=lambda kv: kv[0] != 'final'))
-        ax.set_title(f"{lvl:.0%} of the base's parameters removed\n"
-                     f"step 0, both arms: {at0}, above the chart", fontsize=10)
+        ax.set_ylim(min(shown + [d['val_loss'] for d in info.values() if 'val_loss' in d]) - 0.02, max(shown) + 0.02)
+        at0 = ', '.join(f"{v:.3f} ({b})" for b, v in starts.items())
+        ax.set_title(f"{lvl:.0%} of the base's parameters removed\nstep 0, both arms: {at0}, above the chart",
+                     fontsize=9)
         ax.set_ylabel('validation loss (nats/token)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         for b in sorted({b for b, _ in curve}):
             hpr, pc_ = curve[b, 'hpr'], curve[b, 'pc']
             dax.plot([e['tokens'] / 1e6 for e in pc_], [p['val_loss'] - h['val_loss'] for p, h in zip(pc_, hpr)],
-                     '-' if b == 'final' else ':', color='k', label=f"{b} base")
+                     styles[b], color='k', label=f"{b} base")
         dax.axhline(0, color='gray', lw=0.8)
         dax.set_xlabel('retraining tokens (millions)')
         dax.set_ylabel('PC - HPR (nats/token)')
         dax.set_title('below zero: PC ahead', fontsize=9)
         dax.grid(alpha=0.3)
         dax.legend(fontsize=8)
-    fig.suptitle(f"PC vs HPR from one base: held-out validation loss (curves: {longest}-iteration runs)")
+    fig.suptitle(f"PC vs HPR, each at its learning rate: held-out validation loss ({longest}-iteration runs, "
+                 f"{imp} importance)")
     fig.tight_layout()
     path = os.path.join(opts['out_dir'], 'compare.png')
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def table(results, base, base_cfg, opts):
-    import gpt
-    bm = gpt.load_gpt(os.path.join(base_cfg['out_dir'], 'ckpt.pt'))
-    budgets_ = sorted({r['tokens'] for r in results})
-    head = ('| compression | base | arm | params | trained params | '
-            + ' | '.join(f"{t / 1e6:.2f}M tok" for t in budgets_) + ' |')
-    rule = '|' + '---|' * (5 + len(budgets_))
-    lines = [f"Base: {base['params']:,} parameters, {base['tokens']:,} tokens "
-             f"({base['tokens'] / base['params']:.1f} per parameter), validation loss "
-             f"{base['val_loss']:.4f}; {bm.config.n_layer} layers, n_embd {bm.config.n_embd}, "
-             f"d_ff {bm.config.d_ff}.", '']
-    for title, key in (('Held-out validation loss', 'val_loss'),
-                       (f"Training loss averaged over the last {opts['last_steps']} steps of each run, "
-                        f"or all of a shorter one (the paper's measure)", 'train_loss')):
-        lines += [f"**{title}** (columns: retraining tokens of each run; best of each pair in bold)",
-                  '', head, rule]
-        groups = sorted({(r['level'], r['base']) for r in results}, key=lambda g: (g[0], g[1] != 'final'))
-        for lvl, b in groups:
-            for arm in ('hpr', 'pc'):
-                row = {r['tokens']: r for r in results if (r['level'], r['base'], r['arm']) == (lvl, b, arm)}
-                any_r = next(iter(row.values()))
-                cells = []
-                for t in budgets_:
-                    if t not in row:
-                        cells.append('')
-                        continue
-                    other = [r for r in results if (r['level'], r['base'], r['tokens']) == (lvl, b, t)
-                             and r['arm'] != arm]
-                    v = row[t][key]
-                    best = all(v <= o[key] for o in other)
-                    cells.append(f"**{v:.4f}**" if best else f"{v:.4f}")
-                lines.append(f"| {lvl:.0%} | {b} | {arm.upper()} | {any_r['params']:,} | "
-                             f"{any_r['trainable_params']:,} | " + ' | '.join(cells) + ' |')
-        lines.append('')
-    md = '\n'.join(lines)
-    with open(os.path.join(opts['out_dir'], 'compare.md'), 'w') as f:
-        f.write(md)
-    return md
+def plot_rates(results, race, opts):
+    """The sweep: final held-out loss against the learning rate, per level (columns), at the longest
+    budget and the first importance; a best at either end of a curve means the grid is too narrow."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    imp = sorted({r['importance'] for r in race})[0]
+    longest = max(r['iters'] for r in race)
+    sel = [r for r in results if r['importance'] == imp and r['iters'] == longest]
+    lvls = sorted({r['level'] for r in sel})
+    fig, axes = plt.subplots(1, len(lvls), figsize=(max(6, 4.2 * len(lvls)), 3.8), squeeze=False)
+    colors = {'hpr': 'tab:orange', 'pc': 'tab:blue'}
+    styles = {'final': 'o-', 'early': 's:', 'mid': '^-.', 'given': 'o-'}
+    for ax, lvl in zip(axes[0], lvls):
+        for b in sorted({r['base'] for r in sel}):
+            for arm in ARMS:
+                pts = sorted((r['lr'], r['val_loss']) for r in sel if (r['level'], r['base'], r['arm']) == (lvl, b, arm))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[b], color=colors[arm], ms=4,
+                        label=f"{arm.upper()}, {b} base")
+        ax.set_xscale('log', base=2)
+        ax.set_title(f"{lvl:.0%} removed", fontsize=10)
+        ax.set_xlabel('peak learning rate')
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f'validation loss after {longest} steps')
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(f"Learning-rate sweep ({imp} importance)", fontsize=11)
+    fig.tight_layout()
+    path = os.path.join(opts['out_dir'], 'compare_lr.png')
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 if __name__ == '__main__':

@@ -2241,50 +2241,139 @@ def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
 # ==================================================================================================
 # compare.py and the paper-scale configs
 # ==================================================================================================
-# The comparison command end to end on tiny settings, and the paper-scale configs on the meta device.
+# The comparison command end to end on tiny settings, its options and reuse rules, the tuned rates
+# of the embedded race, and the paper's grid on the meta device.
+
+def tiny_compare_args(tmp_path, ds, *extra):
+    """compare.py options for a 2-layer base of 16 steps and arm runs of a few steps."""
+    both = [f'--dataset={ds}', '--block_size=16', '--batch_size=4', '--eval_iters=2', '--log_interval=1',
+            '--device=cpu']
+    base = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--tokens_per_param=0.0', '--max_iters=16',
+            '--warmup_iters=1', '--eval_interval=8']
+    return ([f'--out_dir={tmp_path / "cmp"}', f'--base_dir={tmp_path / "base"}', '--last_steps=3',
+             '--eval_interval=3', '--warmup_iters=2'] + both + ['--base.' + a[2:] for a in both + base]
+            + list(extra))
+
 
 def test_compare_end_to_end(tmp_path, capsys):
-    """compare.py trains a base (keeping its early checkpoint), races HPR and PC from both bases at
-    every budget, and writes a PNG figure and a Table-1-shaped markdown table; a second call reuses
-    every finished run instead of training again."""
+    """compare.py trains a base and, with --early, a second base on a quarter of its steps with its
+    own full schedule; sweeps both arms over the same rates at every budget, races each arm at its
+    best held-out rate, writes figures and Table-1-shaped tables; a second call trains nothing."""
     ds = write_dataset(tmp_path / 'ds')
-    args = [f'--out_dir={tmp_path / "cmp"}', f'--base_dir={tmp_path / "base"}', '--budgets=3,6',
-            '--levels=0.5', '--early=True', '--last_steps=3', f'--dataset={ds}', '--n_layer=2',
-            '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=4', '--eval_iters=2',
-            '--eval_interval=3', '--log_interval=1', '--tokens_per_param=0.0', '--max_iters=8',
-            '--warmup_iters=2', '--device=cpu']
-    torch.set_num_threads(1)
-    results = compare.main(args)
-    assert len(results) == 8   # 1 level x 2 bases x 2 budgets x 2 arms
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3,6', '--levels=0.5', '--early=True', '--lrs=2^-9,2^-6')
+    race = compare.main(args)
+    assert len(race) == 8   # 1 level x 2 bases x 2 budgets x 2 arms, each at its best of 2 rates
+    runs = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())['runs']
+    assert len(runs) == 16
+    for r in race:
+        same = [x for x in runs if all(x[k] == r[k] for k in ('level', 'base', 'iters', 'arm'))]
+        assert sorted(x['lr'] for x in same) == [2 ** -9, 2 ** -6]
+        assert r['val_loss'] == min(x['val_loss'] for x in same)
     for b in ('final', 'early'):
         for n in (3, 6):
-            hpr, pc_ = (next(r for r in results if (r['base'], r['iters'], r['arm']) == (b, n, arm))
+            hpr, pc_ = (next(r for r in race if (r['base'], r['iters'], r['arm']) == (b, n, arm))
                         for arm in ('hpr', 'pc'))
             assert hpr['params'] == pc_['params'] and pc_['trainable_params'] > hpr['trainable_params']
             assert hpr['tokens'] == pc_['tokens'] == n * 4 * 16
-            # the race starts level: identical step-0 validation loss
             first = [compare.records(r['out_dir'], 'eval')[0]['val_loss'] for r in (hpr, pc_)]
-            assert first[0] == first[1]
-    early = gpt.load_checkpoint(str(tmp_path / 'base' / 'ckpt_early.pt'))
-    assert early['iter'] == 2   # a quarter of the base's 8 iterations
-    with open(tmp_path / 'cmp' / 'compare.png', 'rb') as f:
-        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    md = open(tmp_path / 'cmp' / 'compare.md').read()
-    for r in results:
+            assert first[0] == first[1]   # the race starts level: the same model at step 0
+    # the early base is a run of its own: a quarter of the steps, annealed to min_lr at its last one
+    early = json.loads((tmp_path / 'base_early' / 'summary.json').read_text())
+    assert early['iters'] == 4
+    assert compare.records(str(tmp_path / 'base_early'), 'train')[-1]['lr'] == pytest.approx(
+        early['config']['min_lr'])
+    for png in ('compare.png', 'compare_lr.png'):
+        assert (tmp_path / 'cmp' / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    md = (tmp_path / 'cmp' / 'compare.md').read_text()
+    for r in race:
         assert f"{r['val_loss']:.4f}" in md and f"{r['train_loss']:.4f}" in md
-    assert md.count('| 50% | final | PC |') == 2 and md.count('| 50% | early | HPR |') == 2
-    ckpt = tmp_path / 'cmp' / 'c50_final_6_pc' / 'ckpt.pt'
+    assert md.count('| magnitude | 50% | final | PC |') == 2 and md.count('| magnitude | 50% | early | HPR |') == 2
+    ckpt = os.path.join(race[-1]['out_dir'], 'ckpt.pt')
     stamp = os.path.getmtime(ckpt)
     capsys.readouterr()
-    assert compare.main(args) == results
-    assert os.path.getmtime(ckpt) == stamp and capsys.readouterr().out.count('reusing') == 9
+    assert compare.main(args) == race
+    assert os.path.getmtime(ckpt) == stamp and capsys.readouterr().out.count('reusing') == 18
 
 
-def test_compare_bad_options():
-    """compare.py's own options fail with one line, before any work."""
-    error_of(compare.main, ['--levels=abc'], match=r"--levels=abc and --budgets=.* comma-separated")
-    error_of(compare.main, ['--budgets=0'], match=r"--budgets and --last_steps must be positive")
-    error_of(compare.main, ['--last_steps=x'], match=r"--last_steps=x should be a int")
+def test_compare_bad_options(tmp_path):
+    """Every option is checked before any work, each with one line: nothing is trained (a wrong
+    level no longer fails only after the base), and a boolean takes only true/false spellings."""
+    ds = write_dataset(tmp_path / 'ds')
+    ok = tiny_compare_args(tmp_path, ds)
+    cases = [(['--levels=abc'], r"--levels=abc and --budgets=.* comma-separated"),
+             (['--levels=0.5,1.5'], r"strictly between 0 and 1"),
+             (['--budgets=0'], r"--budgets, --last_steps and --jobs must be positive"),
+             (['--last_steps=x'], r"--last_steps=x should be a int"),
+             (['--early=yes'], r"--early=yes should be True or False"),
+             (['--mid=1'], r"--mid=1 should be True or False"),
+             (['--lrs=fast'], r"--lrs=fast should be 'tuned' or comma-separated rates"),
+             (['--lrs=-1'], r"rates must be positive"),
+             (['--importance=magnitude,weights'], r"--importance=magnitude,weights: use"),
+             (['--compression=0.3'], r"--compression is set by compare.py .*--levels"),
+             (['--learning_rate=0.1'], r"--learning_rate is set by compare.py .*--lrs"),
+             (['--base.out_dir=x'], r"--base\.out_dir .*--base_dir"),
+             (['--n_layerz=2'], r"unknown config key 'n_layerz'"),
+             (['--proj_dtype=half'], r"proj_dtype='half'"),
+             (['--base.dataset=shakespeare_char'], r"pass the dataset to both"),
+             ([f'--base={tmp_path / "none.pt"}'], r"--base races from the given checkpoint only"),
+             (['oops'], r"'oops' should look like --key=value")]
+    for extra, match in cases:
+        error_of(compare.main, ok + extra, match=match)
+    error_of(compare.main, [f'--base={tmp_path / "none.pt"}'], match=r"--base=.*none\.pt does not exist")
+    assert not (tmp_path / 'base').exists() and not (tmp_path / 'cmp').exists()
+
+
+def test_compare_reuses_only_finished_runs(tmp_path):
+    """A run is reused only if its summary records exactly the asked settings and the ckpt.pt
+    beside it is at the summary's last step: a base stopped, or restarted, mid-run is not done."""
+    cfg = train.parse_args([f'--out_dir={tmp_path}'])   # a base run
+    summary = dict(iters=10, config={**cfg, 'init_from': 'resume'})
+    (tmp_path / 'summary.json').write_text(json.dumps(summary))
+    torch.save(dict(iter=10), tmp_path / 'ckpt.pt')
+    assert compare.finished(cfg) == summary              # how it started is no setting of the run
+    torch.save(dict(iter=4), tmp_path / 'ckpt.pt')       # restarted, 4 steps in
+    assert compare.finished(cfg) is None
+    torch.save(dict(iter=10), tmp_path / 'ckpt.pt')
+    assert compare.finished({**cfg, 'seed': 2}) is None  # other settings
+    os.remove(tmp_path / 'ckpt.pt')
+    assert compare.finished(cfg) is None
+
+
+def test_compare_never_overwrites(tmp_path, dataset, base_run):
+    """Another option puts an arm run in another folder, named after its settings; a base folder
+    holding a base of other settings is refused with one line, never retrained over."""
+    a = train.parse_args([os.path.join(ROOT, 'config', 'compare_shakespeare_char.py'), '--arm=pc'])
+    names = {compare.run_name({**a, **change}, 0.5, 'final', 100, 'pc') for change in
+             ({}, {'seed': 2}, {'decay_projections': False}, {'learning_rate': 0.002}, {'importance': 'random'})}
+    assert len(names) == 5
+    shutil.copytree(base_run['out_dir'], tmp_path / 'base')
+    error_of(compare.main, tiny_compare_args(tmp_path, dataset),
+             match=r"base holds a base trained with other settings: .* pass --base_dir=")
+    assert not (tmp_path / 'cmp').exists()
+
+
+def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_run):
+    """--base races from an existing checkpoint without training one; --jobs=2 trains the arms in
+    two child processes (one thread each) and gets the numbers of one process, bit for bit."""
+    common = [f'--base={base_run["ckpt"]}', f'--dataset={dataset}', '--block_size=16', '--batch_size=4',
+              '--eval_iters=2', '--log_interval=1', '--device=cpu', '--budgets=4', '--eval_interval=2',
+              '--warmup_iters=1', '--last_steps=2']
+    one = compare.main(common + [f'--out_dir={tmp_path / "one"}'])
+    two = compare.main(common + [f'--out_dir={tmp_path / "two"}', '--jobs=2'])
+    assert sorted(r['base'] for r in one) == ['given', 'given']
+    numbers = lambda race: sorted((r['arm'], r['val_loss'], r['train_loss']) for r in race)
+    assert numbers(one) == numbers(two)
+    assert all(os.path.isfile(os.path.join(r['out_dir'], 'train.log')) for r in two)
+
+
+def test_compare_kept_sets(dataset, base_run):
+    """With several importances, compare.md says how much of the first one's kept set each keeps."""
+    cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)
+    md = compare.kept_overlap([('final', base_run['ckpt'])], [0.5], ['magnitude', 'activation', 'random'], cfg)
+    row = next(l for l in md.splitlines() if l.startswith('| 50% | final |'))
+    cells = [c.strip() for c in row.strip('|').split('|')][2:]
+    assert cells[0] == '100% / 100%' and len(cells) == 5   # + activation_gelu, and it against activation
+    assert all(re.fullmatch(r'\d+% / \d+%', c) for c in cells)
 
 
 def test_last_steps_loss(tmp_path):
@@ -2298,52 +2387,86 @@ def test_last_steps_loss(tmp_path):
     assert compare.last_steps_loss(str(tmp_path), 5) == pytest.approx((2 * 4.0 + 3 * 1.0) / 5)
 
 
+def test_compare_rates():
+    """--lrs takes numbers and powers of two; tables name a power of two as such."""
+    assert compare.parse_rate('2^-10') == compare.parse_rate('2**-10') == 2 ** -10
+    assert compare.parse_rate('0.003') == 0.003
+    assert compare.rate_name(2 ** -10) == '2^-10' and compare.rate_name(0.003) == '0.003'
+
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PAPER_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'config', '*_[38]00m*.py')))
+PAPER = os.path.join(ROOT, 'config', 'paper_c4.py')
+# the authors' widths (llm-random/nano configs/pc_project/llmr_{300,800}_{comp,prune}.yaml; 300M at
+# 35% has none there) and learning rates (HPR: 2^-12 at "50", 2^-11 at "35"; PC: near 2^-14)
+PAPER_WIDTHS = {('300m', 0.35): (768, 3072), ('300m', 0.5): (640, 2560), ('300m', 0.65): (480, 1920),
+                ('800m', 0.35): (1152, 4608), ('800m', 0.5): (960, 3840), ('800m', 0.65): (768, 3072)}
+PAPER_RATES = {('hpr', 0.35): 2 ** -12, ('hpr', 0.5): 2 ** -12, ('hpr', 0.65): 2 ** -11,
+               ('pc', 0.35): 2 ** -14, ('pc', 0.5): 2 ** -14, ('pc', 0.65): 2 ** -14}
+
+
+def paper(*args):
+    return train.parse_args([PAPER] + list(args))
 
 
 def test_paper_grid_is_complete():
-    """Two bases and PC/HPR at 35/50/65% for each: the paper's grid."""
-    names = {os.path.basename(p)[:-3] for p in PAPER_CONFIGS}
-    want = {f'base_{s}' for s in ('300m', '800m')} | {
-        f'{a}_{s}_{c}' for a in ('pc', 'hpr') for s in ('300m', '800m') for c in (35, 50, 65)}
-    assert names == want
+    """One config holds the paper's grid: two sizes, each base at 80 and at 20 tokens per parameter
+    (two runs, each with its own schedule), and PC and HPR at 35/50/65% from each base and for every
+    budget, each run in its own folder; anything else is one line."""
+    dirs = set()
+    for size in ('300m', '800m'):
+        for tpp in (80, 20):
+            cfg = paper(f'--preset={size}', f'--tokens_per_param={tpp}.0')
+            assert cfg['arm'] == 'base' and cfg['tokens_per_param'] == tpp and cfg['early_ckpt_frac'] == 0
+            dirs.add(cfg['out_dir'])
+            for arm in ('pc', 'hpr'):
+                for comp in (0.35, 0.5, 0.65):
+                    for tokens in (1_250_000_000, 10_000_000_000):
+                        a = paper(f'--preset={size}', f'--arm={arm}', f'--compression={comp}',
+                                  f"--base_ckpt={cfg['out_dir']}/ckpt.pt", f'--max_tokens={tokens}')
+                        assert a['max_tokens'] == tokens and a['max_iters'] == a['tokens_per_param'] == 0
+                        dirs.add(a['out_dir'])
+    assert len(dirs) == 2 * 2 * (1 + 2 * 3 * 2)
+    assert paper('--preset=300m')['out_dir'] == 'out/paper_300m_base80'
+    assert paper('--preset=300m', '--arm=pc')['base_ckpt'] == 'out/paper_300m_base80/ckpt.pt'
+    error_of(paper, match=r"needs --preset=300m or --preset=800m")
+    error_of(paper, '--preset=300m', '--arm=hpr', '--compression=0.4', match=r"rates for --compression=0\.35, 0\.5")
 
 
-@pytest.mark.parametrize('path', PAPER_CONFIGS, ids=os.path.basename)
-def test_paper_config(path):
-    """Each paper-scale config parses, builds its models on the meta device with the parameter
-    counts gpt.param_counts gives (and the paper's names: ~305M, ~835M), lands its compressed widths
-    on the asked compression within one grid step, and documents its true widths, counts and tokens
-    per step in its header."""
-    cfg = train.parse_args([path])
-    text = open(path).read()
-    size = re.search(r'_(\d00m)', path).group(1)
-    base_cfg = train.parse_args([os.path.join(ROOT, 'config', f'base_{size}.py')])
+@pytest.mark.parametrize('size', ['300m', '800m'])
+def test_paper_config(size):
+    """Each size builds on the meta device with the parameter counts gpt.param_counts gives (the
+    paper's names, ~305M and ~835M), lands every level on the authors' widths, trains each arm with
+    the authors' optimizer settings and rates, and its header documents the counts it builds."""
+    text = open(PAPER).read()
+    base_cfg = paper(f'--preset={size}')
     base = gpt.preset(base_cfg['preset'], block_size=base_cfg['block_size'])
     with torch.device('meta'):
         n_base = gpt.GPT(base).num_params()
-    assert n_base == gpt.param_counts(base)['total']
+    assert n_base == gpt.param_counts(base)['total'] and f"{n_base:,}" in text
     assert abs(n_base / {'300m': 305e6, '800m': 835e6}[size] - 1) < 0.01
-    tokens_per_step = cfg['batch_size'] * cfg['block_size'] * cfg['grad_accum']
-    assert f"{tokens_per_step:,}" in text and cfg['dataset'] == 'c4'
-    if cfg['arm'] == 'base':
-        assert f"{n_base:,} parameters" in text
-        return
-    assert cfg['base_ckpt'] == f"{base_cfg['out_dir']}/ckpt.pt"
-    small, removed = pc.compressed_config(base, cfg['compression'], multiple_of=cfg['width_multiple'])
-    with torch.device('meta'):
-        n_small = gpt.GPT(small).num_params()
-    assert n_small == gpt.param_counts(small)['total']
-    assert small.n_embd % 64 == 0 and small.d_ff * base.n_embd == small.n_embd * base.d_ff
-    assert small.n_head * small.head_dim == base.n_head * base.head_dim   # attention width kept
-    step = (gpt.param_counts(gpt.GPTConfig(**{**small.__dict__, 'n_embd': small.n_embd + 64,
-                                               'd_ff': small.d_ff + 64 * base.d_ff // base.n_embd}))
-            ['total'] - n_small) / n_base
-    assert abs(removed - cfg['compression']) <= step / 2 + 1e-9
-    m = re.search(r'n_embd (\d+) -> (\d+), d_ff (\d+) -> (\d+)', text)
-    assert tuple(map(int, m.groups())) == (base.n_embd, small.n_embd, base.d_ff, small.d_ff)
-    assert f"{n_base:,} -> {n_small:,} parameters" in text
+    assert base_cfg['batch_size'] * base_cfg['block_size'] * base_cfg['grad_accum'] == 262_144
+    for comp in (0.35, 0.5, 0.65):
+        for arm in ('pc', 'hpr'):
+            cfg = paper(f'--preset={size}', f'--arm={arm}', f'--compression={comp}')
+            small, removed = pc.compressed_config(base, cfg['compression'], multiple_of=cfg['width_multiple'])
+            assert (small.n_embd, small.d_ff) == PAPER_WIDTHS[size, comp]
+            assert small.n_head * small.head_dim == base.n_head * base.head_dim   # attention width kept
+            with torch.device('meta'):
+                n_small = gpt.GPT(small).num_params()
+            assert n_small == gpt.param_counts(small)['total']
+            assert re.search(rf"{size} {round(comp * 100)}%\s+{small.n_embd}/{small.d_ff}\s+{n_small:,}\s+"
+                             rf"{removed:.1%}", text)
+            assert cfg['learning_rate'] == PAPER_RATES[arm, comp] and cfg['min_lr'] == cfg['learning_rate'] / 10
+            assert (cfg['beta1'], cfg['beta2'], cfg['warmup_iters'], cfg['weight_decay'], cfg['grad_clip']) == \
+                (0.9, 0.999, 80, 0.1, 1.0)
+            assert cfg['decay_projections'] and cfg['decay_vectors'] and cfg['importance'] == 'magnitude'
+            assert cfg['dataset'] == 'c4' and cfg['base_ckpt'] == f"{base_cfg['out_dir']}/ckpt.pt"
+
+
+def test_paper_notebook_file(monkeypatch):
+    """config/pc_300m_50.py, which the notebook reads, is config/paper_c4.py at 300M, PC, 50%."""
+    monkeypatch.chdir(ROOT)
+    assert train.parse_args(['config/pc_300m_50.py']) == paper('--preset=300m', '--arm=pc', '--compression=0.5')
 
 
 # ==================================================================================================

@@ -1,32 +1,7 @@
-# PC (Projected Compression: trains projections and residuals over the frozen base),
-# the paper's 300M base at 50% compression on C4: n_embd 1024 -> 640, d_ff 4096 -> 2560
-# (multiples of 64), 304,992,256 -> 159,181,312 parameters, 47.8% removed.
-# Tokens per step: 16 sequences x 512 tokens x grad_accum 32 = 262,144. The paper's token budgets:
-#    1.25B tokens: --max_tokens=1250000000  (4,769 steps, about 0.1 h on 8 H100s at 40% MFU)
-#     2.5B tokens: --max_tokens=2500000000  (9,537 steps, about 0.2 h on 8 H100s at 40% MFU)
-#       5B tokens: --max_tokens=5000000000  (19,074 steps, about 0.4 h on 8 H100s at 40% MFU)
-#     7.5B tokens: --max_tokens=7500000000  (28,611 steps, about 0.6 h on 8 H100s at 40% MFU)
-#      10B tokens: --max_tokens=10000000000  (38,147 steps, about 0.8 h on 8 H100s at 40% MFU)
-#   torchrun --standalone --nproc_per_node=8 train.py config/pc_300m_50.py --max_tokens=2500000000
-# The base is config/base_300m.py (ckpt.pt: 80 tokens/param; ckpt_early.pt: 20).
+# PC on the paper's 300M base at 50% compression, for notebooks/walkthrough.ipynb, which reads this
+# file: every number is in config/paper_c4.py (this file is that one with --preset=300m --arm=pc
+# --compression=0.5; run from the repository root).
+preset = '300m'
 arm = 'pc'
-out_dir = 'out/pc_300m_50'
-dataset = 'c4'
-base_ckpt = 'out/base_300m/ckpt.pt'
 compression = 0.5
-width_multiple = 64
-importance = 'magnitude'
-residual = True
-block_size = 512
-batch_size = 16
-grad_accum = 32
-max_tokens = 2500000000
-learning_rate = 3e-04
-min_lr = 3e-05
-warmup_iters = 500
-weight_decay = 0.1
-grad_clip = 1.0
-eval_interval = 1000
-eval_iters = 100
-log_interval = 50
-compile = True
+exec(open('config/paper_c4.py').read())
