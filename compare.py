@@ -317,8 +317,10 @@ def main(argv):
             raise SystemExit("error: --base races from the given checkpoint only; drop --early, --mid, "
                              "--base_dir and --base.* options, which are for a base trained here")
         name = opts['base']
-        if (os.sep in name or name.endswith('.pt')) and not os.path.isfile(name):
-            raise SystemExit(f"error: --base={name} does not exist; give a base checkpoint written by train.py")
+        if (os.sep in name or name.endswith('.pt')) and not os.path.exists(name):
+            raise SystemExit(f"error: --base={name} does not exist; give a base checkpoint written by "
+                             f"train.py, a model folder or a pretrained name (gpt2, gpt2-medium, ...)")
+        base_sha256(name)   # a folder or name that is no model: its one line now, before any run
         bases.append(('given', name))
     else:
         final = train.parse_args([opts['base_config']] + base_args +
@@ -423,6 +425,12 @@ def best_rates(results):
 
 def describe_base(path, summary):
     """Size and, for a base trained here, tokens and held-out loss."""
+    if not os.path.isfile(path):   # a model folder or pretrained name: its config.json, no weights
+        folder = path if os.path.isdir(path) else train.gpt._download(path)
+        with open(os.path.join(folder, 'config.json')) as f:
+            mcfg = train.gpt.config_from_hf(json.load(f), f"'{folder}'", 0.0)
+        return dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
+                    n_embd=mcfg.n_embd, d_ff=mcfg.d_ff, iter=None)
     ckpt = train.gpt.load_checkpoint(path)
     mcfg = train.gpt.GPTConfig(**ckpt['model_args'])
     out = dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,

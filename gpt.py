@@ -490,8 +490,12 @@ def _weight_files(folder):
     if os.path.isfile(index):   # sharded, as transformers saves big models
         with open(index) as f:
             return [os.path.join(folder, name) for name in sorted(set(json.load(f)['weight_map'].values()))]
-    raise SystemExit(f"error: '{folder}' has no model.safetensors; a folder with pytorch_model.bin only: "
-                     f"load it in transformers and save_pretrained it again (that writes safetensors)")
+    if os.path.isfile(os.path.join(folder, 'pytorch_model.bin')):
+        raise SystemExit(f"error: '{folder}' has pytorch_model.bin, no model.safetensors: load it in "
+                         f"transformers and save_pretrained it again (that writes safetensors)")
+    runs = sorted(f for f in os.listdir(folder) if f.endswith('.pt'))   # a train.py run's folder?
+    raise SystemExit(f"error: '{folder}' has no model.safetensors: not a model folder in Hugging Face's layout"
+                     + (f"; for a checkpoint in it, pass the file ({', '.join(runs)})" if runs else ""))
 
 
 def load_pretrained(name_or_dir, dropout=0.0):

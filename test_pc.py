@@ -2320,6 +2320,10 @@ def test_compare_bad_options(tmp_path):
     for extra, match in cases:
         error_of(compare.main, ok + extra, match=match)
     error_of(compare.main, [f'--base={tmp_path / "none.pt"}'], match=r"--base=.*none\.pt does not exist")
+    error_of(compare.main, ['--base=gpt3'], match=r"'gpt3' is no checkpoint .*pretrained name")
+    error_of(compare.main, [f'--base={tmp_path}'], match=r"has no model.safetensors: not a model folder")
+    (tmp_path / 'pytorch_model.bin').write_bytes(b'')
+    error_of(compare.main, [f'--base={tmp_path}'], match=r"has pytorch_model.bin, no model.safetensors: load it")
     assert not (tmp_path / 'base').exists() and not (tmp_path / 'cmp').exists()
 
 
@@ -2353,8 +2357,9 @@ def test_compare_never_overwrites(tmp_path, dataset, base_run):
 
 
 def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_run):
-    """--base races from an existing checkpoint without training one; --jobs=2 trains the arms in
-    two child processes (one thread each) and gets the numbers of one process, bit for bit."""
+    """--base races from an existing checkpoint, or a model folder, without training one; --jobs=2
+    trains the arms in two child processes (one thread each) and gets the numbers of one process,
+    bit for bit."""
     common = [f'--base={base_run["ckpt"]}', f'--dataset={dataset}', '--block_size=16', '--batch_size=4',
               '--eval_iters=2', '--log_interval=1', '--device=cpu', '--budgets=4', '--eval_interval=2',
               '--warmup_iters=1', '--last_steps=2']
@@ -2364,6 +2369,14 @@ def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_ru
     numbers = lambda race: sorted((r['arm'], r['val_loss'], r['train_loss']) for r in race)
     assert numbers(one) == numbers(two)
     assert all(os.path.isfile(os.path.join(r['out_dir'], 'train.log')) for r in two)
+    # a model folder (a pretrained GPT-2 or an export) is a base like a checkpoint: the same race
+    model, info = gpt.load_base(base_run['ckpt'])
+    model.save_pretrained(str(tmp_path / 'folder'), tokenizer=info['tokenizer'])
+    common[0] = f'--base={tmp_path / "folder"}'
+    folder = compare.main(common + [f'--out_dir={tmp_path / "folder_race"}'])
+    assert numbers(folder) == numbers(one)
+    assert all(json.load(open(os.path.join(r['out_dir'], 'summary.json')))['base_sha256'] ==
+               gpt.base_sha256(str(tmp_path / 'folder')) for r in folder)
 
 
 def test_compare_kept_sets(dataset, base_run):
@@ -2859,8 +2872,10 @@ def test_pretrained_bad_folders(tmp_path, monkeypatch):
     bad = variant('badjson')
     (tmp_path / 'badjson' / 'config.json').write_text('{"model_type": "gpt2",')
     error_of(GPT.from_pretrained, bad, match=r"config\.json is not valid JSON")
-    bin_only = variant('bin', drop=['model.safetensors'])
-    error_of(GPT.from_pretrained, bin_only, match=r"has no model\.safetensors.*save_pretrained it again")
+    no_weights = variant('bin', drop=['model.safetensors'])
+    error_of(GPT.from_pretrained, no_weights, match=r"has no model\.safetensors: not a model folder")
+    (tmp_path / 'bin' / 'pytorch_model.bin').write_bytes(b'')
+    error_of(GPT.from_pretrained, no_weights, match=r"has pytorch_model\.bin, no model\.safetensors.*save_pretrained it again")
     gelu = variant('gelu', lambda c: c.update(activation_function='gelu'))
     error_of(GPT.from_pretrained, gelu, match=r"has activation_function='gelu', which gpt\.py's GPT-2 does not compute")
     wide = variant('wide', lambda c: c.update(n_embd=64))
