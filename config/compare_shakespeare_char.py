@@ -20,12 +20,12 @@ warmup_iters = 20
 eval_interval = 100
 eval_iters = 20
 log_interval = 10
-# Each arm's learning rate: its best held-out rate after 1,000 steps, per base and level, of
-#   python compare.py --levels=0.35,0.5,0.65,0.7 --budgets=1000 --lrs=2^-12,2^-11,2^-10,2^-9,2^-8,2^-7 --jobs=2 --out_dir=out/sweep
-#   python compare.py --levels=0.9 --budgets=1000 --lrs=2^-12,2^-11,2^-10,2^-9,2^-8,2^-7,2^-6,2^-5 --jobs=2 --out_dir=out/sweep
-#   python compare.py --levels=0.35,0.5,0.65 --early=True --budgets=1000 --lrs=2^-11,2^-10,2^-9,2^-8,2^-7 --jobs=2 --out_dir=out/sweep
-# (README: the sweep). The 500-step runs use the same rates. A level between these takes the nearest
-# one's rates; compare.py's early bases (<base_dir>_early, ckpt_early.pt) take the early base's.
+# Each arm's learning rate: its best held-out rate after 1,000 steps, per base and level, of the sweep
+#   python compare.py --levels=0.35,0.5,0.65,0.7,0.9 --budgets=1000 --lrs=2^-12,2^-11,2^-10,2^-9,2^-8,2^-7,2^-6,2^-5 --jobs=2 --out_dir=out/sweep
+#   python compare.py --levels=0.35,0.5,0.65 --early=True --budgets=1000 --lrs=2^-11,2^-10,2^-9,2^-8,2^-7,2^-6,2^-5 --jobs=2 --out_dir=out/sweep
+# (README: the sweep; every best is inside its grid). The 500-step runs use the same rates. A level
+# between these takes the nearest one's rates; compare.py's early bases (<base_dir>_early, and the
+# mid-schedule ckpt_early.pt) take the early base's, any other base (--base) the final base's.
 _rates = {
     ('final', 'hpr'): {0.35: 2 ** -10, 0.5: 2 ** -9, 0.65: 2 ** -8, 0.7: 2 ** -8, 0.9: 2 ** -7},
     ('final', 'pc'): {0.35: 2 ** -11, 0.5: 2 ** -10, 0.65: 2 ** -10, 0.7: 2 ** -9, 0.9: 2 ** -7},
