@@ -19,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -1834,13 +1835,21 @@ def test_more_bad_config(dataset, tmp_path):
     assert s['model_args']['head_dim'] == 8 and s['model_args']['n_head'] == 5
 
 
+def as_at_a_terminal():
+    """In the child before exec: SIGINT as a terminal's Ctrl-C meets it. A shell starts background
+    jobs with SIGINT ignored (and a parent may block it), which the child would inherit and keep."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_interrupt_is_one_line(dataset, tmp_path):
     """Ctrl-C stops train.py with one line and the last checkpoint kept."""
     out = tmp_path / 'ctrlc'
     args = [f"--{k}={v}" for k, v in {**TINY, 'dataset': dataset, 'out_dir': str(out), 'max_iters': 100000,
                                       'eval_interval': 5}.items()]
     proc = subprocess.Popen([sys.executable, TRAIN_PY] + args, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'),
+                            preexec_fn=as_at_a_terminal)
     deadline = time.time() + 60
     while not (out / 'ckpt.pt').exists() and time.time() < deadline:
         time.sleep(0.1)
