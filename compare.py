@@ -425,14 +425,13 @@ def best_rates(results):
 
 def describe_base(path, summary):
     """Size and, for a base trained here, tokens and held-out loss."""
-    if not os.path.isfile(path):   # a model folder or pretrained name: its config.json, no weights
+    if os.path.isfile(path):
+        ckpt = train.gpt.load_checkpoint(path)
+        mcfg = train.gpt.GPTConfig(**ckpt['model_args'])
+    else:   # a model folder or pretrained name: its config.json, no weights
         folder = path if os.path.isdir(path) else train.gpt._download(path)
         with open(os.path.join(folder, 'config.json')) as f:
-            mcfg = train.gpt.config_from_hf(json.load(f), f"'{folder}'", 0.0)
-        return dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
-                    n_embd=mcfg.n_embd, d_ff=mcfg.d_ff, iter=None)
-    ckpt = train.gpt.load_checkpoint(path)
-    mcfg = train.gpt.GPTConfig(**ckpt['model_args'])
+            ckpt, mcfg = {}, train.gpt.config_from_hf(json.load(f), f"'{folder}'", 0.0)
     out = dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
                n_embd=mcfg.n_embd, d_ff=mcfg.d_ff, iter=ckpt.get('iter'))
     if summary is not None:

@@ -2350,6 +2350,20 @@ def test_compare_reuses_only_finished_runs(tmp_path):
     assert compare.finished({**cfg, 'seed': 2}) is None  # other settings
     os.remove(tmp_path / 'ckpt.pt')
     assert compare.finished(cfg) is None
+    # an arm run counts as done only while its base is the file it was trained from
+    base = tmp_path / 'base.pt'
+    torch.save(dict(iter=1), base)
+    arm = tmp_path / 'arm'
+    arm.mkdir()
+    acfg = train.parse_args([f'--out_dir={arm}', '--arm=pc', f'--base_ckpt={base}'])
+    done = dict(iters=10, config=acfg, base_sha256=gpt.base_sha256(str(base)))
+    (arm / 'summary.json').write_text(json.dumps(done))
+    torch.save(dict(iter=10), arm / 'ckpt.pt')
+    assert compare.finished(acfg) == done
+    torch.save(dict(iter=2), base)                       # the base trained again
+    assert compare.finished(acfg) is None
+    os.remove(base)
+    assert compare.finished(acfg) is None
 
 
 def test_compare_never_overwrites(tmp_path, dataset, base_run):
@@ -2384,6 +2398,8 @@ def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_ru
     common[0] = f'--base={tmp_path / "folder"}'
     folder = compare.main(common + [f'--out_dir={tmp_path / "folder_race"}'])
     assert numbers(folder) == numbers(one)
+    md = (tmp_path / 'folder_race' / 'compare.md').read_text()   # the folder's size, from its config.json
+    assert f"{model.num_params():,} parameters; {model.config.n_layer} layers, n_embd {model.config.n_embd}" in md
     assert all(json.load(open(os.path.join(r['out_dir'], 'summary.json')))['base_sha256'] ==
                gpt.base_sha256(str(tmp_path / 'folder')) for r in folder)
 
@@ -2483,6 +2499,12 @@ def test_paper_config(size):
                 (0.9, 0.999, 80, 0.1, 1.0)
             assert cfg['decay_projections'] and cfg['decay_vectors'] and cfg['importance'] == 'magnitude'
             assert cfg['dataset'] == 'c4' and cfg['base_ckpt'] == f"{base_cfg['out_dir']}/ckpt.pt"
+
+
+def test_bench_paper_shapes_are_the_grid():
+    """bench.py's paper rows (FLOPs, memory, per process) use the widths config/paper_c4.py trains."""
+    shapes = {(name, c): (small.n_embd, small.d_ff) for name, _, small, _, c in bench.paper_shapes()}
+    assert shapes == PAPER_WIDTHS
 
 
 def test_paper_notebook_file(monkeypatch):
