@@ -32,8 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+import gpt
 import pc
 import train
+from infra import checkpoint, hf, settings
 
 # ---- compare.py's own settings ----
 levels = '0.5'                # compression levels: the fraction of the base's parameters removed
@@ -203,12 +205,12 @@ _sha = {}
 
 
 def base_sha256(spec):
-    """gpt.base_sha256 (a checkpoint, model folder or pretrained name), once per file version: a big
+    """checkpoint.base_sha256 (a checkpoint, model folder or pretrained name), once per file version: a big
     base is hashed once, not once per arm run."""
     st = os.stat(spec) if os.path.isfile(spec) else None
     key = (os.path.abspath(spec), st.st_mtime_ns, st.st_size) if st else spec
     if key not in _sha:
-        _sha[key] = train.gpt.base_sha256(spec)
+        _sha[key] = checkpoint.base_sha256(spec)
     return _sha[key]
 
 
@@ -222,7 +224,7 @@ def refuse_other_base(cfg):
             with open(path) as f:
                 theirs = json.load(f).get('config', {})
         else:
-            theirs = train.gpt.load_checkpoint(path)['config']
+            theirs = checkpoint.load_checkpoint(path)['config']
         diff = [f"{k}={theirs.get(k)!r} (asked {v!r})" for k, v in settings_of(cfg).items() if theirs.get(k) != v]
         if diff:
             raise SystemExit(f"error: {cfg['out_dir']} holds a base trained with other settings: "
@@ -426,13 +428,13 @@ def best_rates(results):
 def describe_base(path, summary):
     """Size and, for a base trained here, tokens and held-out loss."""
     if os.path.isfile(path):
-        ckpt = train.gpt.load_checkpoint(path)
-        mcfg = train.gpt.GPTConfig(**ckpt['model_args'])
+        ckpt = checkpoint.load_checkpoint(path)
+        mcfg = gpt.GPTConfig(**ckpt['model_args'])
     else:   # a model folder or pretrained name: its config.json, no weights
-        folder = path if os.path.isdir(path) else train.gpt._download(path)
+        folder = path if os.path.isdir(path) else hf.download(path)
         with open(os.path.join(folder, 'config.json')) as f:
-            ckpt, mcfg = {}, train.gpt.config_from_hf(json.load(f), f"'{folder}'", 0.0)
-    out = dict(path=path, params=train.gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
+            ckpt, mcfg = {}, hf.config_from_hf(json.load(f), f"'{folder}'", 0.0)
+    out = dict(path=path, params=gpt.param_counts(mcfg)['total'], n_layer=mcfg.n_layer,
                n_embd=mcfg.n_embd, d_ff=mcfg.d_ff, iter=ckpt.get('iter'))
     if summary is not None:
         out.update(tokens=summary['tokens'], val_loss=summary['val_loss'])
@@ -518,7 +520,7 @@ def kept_overlap(bases, lv, imps, cfg):
     selects them (same widths, seed and calibration batches). The activation_gelu scores are shown
     too, though train.py cannot train with them yet."""
     from data.loader import fixed_batches
-    data_dir = cfg['dataset'] if os.sep in cfg['dataset'] else os.path.join(HERE, 'data', cfg['dataset'])
+    data_dir = settings.data_folder(cfg['dataset'])
     calib = fixed_batches(data_dir, 'train', cfg['block_size'], cfg['batch_size'], cfg['importance_batches'],
                           seed=cfg['seed'])
     methods = imps + [m for m in ('activation_gelu',) if m not in imps and 'activation' in imps]
@@ -531,7 +533,7 @@ def kept_overlap(bases, lv, imps, cfg):
                              sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a['F'], b['F'])) / a['F'].numel())
     for lvl in lv:
         for b, path in bases:
-            base_model = train.gpt.load_gpt(path)
+            base_model = checkpoint.load_gpt(path)
             small, _ = pc.compressed_config(base_model.config, compression=lvl, multiple_of=cfg['width_multiple'])
             kept = {m: pc.select(pc.importance(base_model, m, calib if m.startswith('activation') else None,
                                                seed=cfg['seed']), small.n_embd, small.d_ff) for m in methods}

@@ -217,9 +217,9 @@ def selection(idx, n):
     return torch.eye(n)[idx.cpu()]
 
 
-def projection_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=False):
+def matrix_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=False):
     """(forward, backward) FLOPs of building one W_c = P_out W P_in + R and of pushing dL/dW_c into
-    its projections. W is frozen, so the backward computes only dP (and dM, the gradient of the
+    its projections (costs.py adds them up over the model and the processes). W is frozen, so the backward computes only dP (and dM, the gradient of the
     intermediate, when both sides are projected); R's gradient is dL/dW_c itself."""
     mm = lambda m, k, n: 2 * m * k * n
     if has_in and has_out:
@@ -236,36 +236,16 @@ def projection_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=Fa
 
 def out_first_is_cheaper(*shapes):
     """Whether (P_out W) P_in costs fewer FLOPs (forward + backward) than P_out (W P_in)."""
-    return sum(projection_flops(*shapes, out_first=True)) < sum(projection_flops(*shapes, out_first=False))
+    return sum(matrix_flops(*shapes, out_first=True)) < sum(matrix_flops(*shapes, out_first=False))
 
 
-def projection_shapes(name, out_dim, in_dim, n_embd, d_ff):
+def projection_shape(name, out_dim, in_dim, n_embd, d_ff):
     """(out, in, out_c, in_c, has_in, has_out) of the projection of the base matrix `name` (out x in)
     when the residual width shrinks to n_embd and the MLP width to d_ff, read from the table."""
     out_role, in_role = axes_of(name)
     width = {'D': n_embd, 'F': d_ff, None: None}
     return (out_dim, in_dim, width[out_role] or out_dim, width[in_role] or in_dim,
             in_role is not None, out_role is not None)
-
-
-def projection_costs(shapes, n_embd, d_ff):
-    """What each base matrix's projection costs whoever holds it, {name: (out, in)} -> {name: dict}:
-    forward and backward FLOPs (in the order Projection picks) and the elements of its frozen base,
-    of P, of R, and what autograd saves for the backward when both sides are projected: the
-    intermediate (W P_in or P_out W) and the P of the second matmul (a copy of it when the
-    matmuls run in another dtype than P's float32)."""
-    costs = {}
-    for name, (out_dim, in_dim) in shapes.items():
-        s = projection_shapes(name, out_dim, in_dim, n_embd, d_ff)
-        out_c, in_c, has_in, has_out = s[2:]
-        out_first = out_first_is_cheaper(*s)
-        fwd, bwd = projection_flops(*s, out_first=out_first)
-        both = has_in and has_out
-        costs[name] = dict(fwd=fwd, bwd=bwd, frozen=out_dim * in_dim, r=out_c * in_c,
-                           p=(in_dim * in_c if has_in else 0) + (out_c * out_dim if has_out else 0),
-                           inter=0 if not both else out_c * in_dim if out_first else out_dim * in_c,
-                           second_p=0 if not both else in_dim * in_c if out_first else out_c * out_dim)
-    return costs
 
 
 class Projection(nn.Module):

@@ -10,14 +10,13 @@ which is rebuilt over its base and merged), a folder written by export.py or in 
 layout, or a pretrained name (gpt2, gpt2-medium, gpt2-large, gpt2-xl). The tokenizer comes with the
 model (a checkpoint's character vocabulary or GPT-2 BPE), so no dataset folder is needed.
 """
-import ast
 import os
 import sys
 from contextlib import nullcontext
 
 import torch
 
-import gpt
+from infra import checkpoint, hf, settings
 
 # Defaults; each can be set with --key=value.
 DEFAULTS = dict(
@@ -33,28 +32,8 @@ DEFAULTS = dict(
 
 
 def parse_args(argv):
-    """DEFAULTS, then --key=value. A string setting takes the text as it is; others are Python literals."""
-    cfg = dict(DEFAULTS)
-    for arg in argv:
-        key, eq, text = arg[2:].partition('=') if arg.startswith('--') else ('', '', '')
-        if not eq:
-            raise SystemExit(f"error: '{arg}' should look like --key=value (keys: {', '.join(DEFAULTS)})")
-        if key not in cfg:
-            raise SystemExit(f"error: unknown option --{key}; the options are {', '.join(DEFAULTS)}")
-        want = type(DEFAULTS[key])
-        if want is str:
-            cfg[key] = text
-            continue
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = None
-        if want is float and type(value) is int:
-            value = float(value)
-        if type(value) is not want:
-            raise SystemExit(f"error: --{key}={text} should be a {want.__name__}")
-        cfg[key] = value
-    return cfg
+    """DEFAULTS, then --key=value (infra/settings.parse: the rules every script shares)."""
+    return settings.parse(argv, DEFAULTS, config_files=False, doc=__doc__)
 
 
 def load(init_from, device='cpu'):
@@ -63,19 +42,18 @@ def load(init_from, device='cpu'):
         raise SystemExit("error: give --init_from=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
                          "gpt2-large / gpt2-xl>")
     if os.path.isfile(init_from) or init_from.endswith('.pt'):
-        ckpt = gpt.load_checkpoint(init_from, device)
+        ckpt = checkpoint.load_checkpoint(init_from, device)
         tokenizer = ckpt.get('tokenizer')
         coder = codec(tokenizer if isinstance(tokenizer, dict) else {}, f"'{init_from}'")   # before any model
         if ckpt.get('kind', 'gpt') == 'pc':   # a PC run: rebuilt over its base, merged into a GPT
-            import train
-            model = train.load_projected(init_from, device).merge()
+            model = checkpoint.load_projected(init_from, device).merge()
         else:
-            model = gpt.gpt_from_checkpoint(ckpt, init_from)
+            model = checkpoint.gpt_from_checkpoint(ckpt, init_from)
         return model, coder
-    if not os.path.isdir(init_from) and init_from not in gpt.PRETRAINED:
+    if not os.path.isdir(init_from) and init_from not in hf.PRETRAINED:
         raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
-                         f"pretrained name ({', '.join(gpt.PRETRAINED)})")
-    model, where = gpt.load_pretrained(init_from)   # a model folder or a pretrained name
+                         f"pretrained name ({', '.join(hf.PRETRAINED)})")
+    model, where = hf.load_pretrained(init_from)   # a model folder or a pretrained name
     return model, codec(where['tokenizer'], f"'{init_from}'")
 
 

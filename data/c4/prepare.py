@@ -25,7 +25,7 @@ import numpy as np
 # run as a script from anywhere: make the repo root importable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.tokenizer import gpt2  # noqa: E402
-from gpt import remove_stale_temporaries, write_atomic  # noqa: E402
+from infra.files import remove_stale_temporaries, write_atomic  # noqa: E402
 
 URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/{}"
 SHARDS = {"train": ("c4-train", 1024), "val": ("c4-validation", 8)}  # file prefix, shards in C4 en

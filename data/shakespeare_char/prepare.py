@@ -18,7 +18,7 @@ import numpy as np
 
 # run as a script from anywhere: make the repo root importable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from gpt import write_atomic  # noqa: E402
+from infra.files import write_atomic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "shakespeare.txt.gz")
