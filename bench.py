@@ -13,13 +13,13 @@ their optimizer state. This script measures all three, on one machine, in one ru
 3. FLOPs on paper for the paper's 300M / 800M bases: projection FLOPs against the step's FLOPs.
 
     python bench.py                                   # CPU-sized model, a few minutes on 2 cores
-    python bench.py --quick                           # smallest size, a few seconds (smoke test)
+    python bench.py --quick=True                      # smallest size, a few seconds (smoke test)
     python bench.py --device=cuda --model=300m        # the paper's 300M base at 50%, bf16 autocast
-    python bench.py --device=cuda --model=300m --compile --micro_batches=1,2,4,8,16,32
+    python bench.py --device=cuda --model=300m --compile=True --micro_batches=1,2,4,8,16,32
 
-Writes bench_results.md and bench_results.json into --out_dir (default out/bench).
+Writes bench_results.md and bench_results.json into out_dir (default out/bench); --help lists the
+options. What PC costs on paper (FLOPs, bytes, per-process shares) is costs.py's; this file measures.
 """
-import argparse
 import gc
 import json
 import math
@@ -32,12 +32,15 @@ import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import torch
 
+import costs
 import gpt
 import pc
 import train
+from infra import checkpoint, files, settings
 
 # The CPU-sized default: a char-level GPT (vocab 96) small enough that a step of 16 micro-batches of
 # 16 x 128 tokens takes about 2 s on one core, big enough that the projections are real matmuls and
@@ -49,56 +52,54 @@ QUICK = dict(n_layer=2, n_head=2, n_embd=64, d_ff=256, vocab_size=96, block_size
 ARMS = ('hpr', 'pc', 'naive')
 
 
+# Options, as --key=value (infra/settings.parse's rules: a bare --quick means --quick=True)
+OPTIONS = dict(
+    device='cpu',         # cpu or cuda (cuda: bf16 autocast, TF32 matmuls)
+    model='small',        # small: the CPU-sized base above; 300m / 800m: gpt.preset (block 512)
+    compression=0.5,      # fraction of base params removed
+    batch_sizes='8,16',   # sequences per micro-batch
+    micro_batches='1,2,4,8,16',   # micro-batches of gradient accumulation per optimizer step
+    warmup=1,             # untimed single-micro-batch steps per arm before each batch size
+    reps=5,               # timed steps per arm and configuration
+    proj_reps=21,         # timed repetitions of the fixed-cost parts
+    mem_batch_size=0,     # micro-batch of the memory arms (0: the largest of batch_sizes)
+    flops_tokens=512 * 512,   # tokens/step for the FLOP table
+    no_memory=False,      # skip the memory subprocesses
+    no_processes=False,   # skip train.py at 1 and 2 processes
+    process_steps=12,     # optimizer steps of each train.py run
+    process_reps=2,       # train.py runs per arm and process count
+    compile=False,        # torch.compile the micro-batch forward
+    quick=False,          # smallest size everywhere, a few seconds
+    # CPU threads (0: torch's default). One, because on a shared 2-core machine an OpenMP team of two
+    # stalls whenever another process takes a core (measured here: median step 10x its minimum with 2
+    # threads, 1.3x with 1)
+    threads=1,
+    clock='auto',         # auto: wall clock on CUDA (synchronized), process CPU time on CPU; wall; cpu
+    seed=1337,
+    out_dir='out/bench',
+    _memory_arm='',       # internal: one memory arm, in its own subprocess
+)
+
+
 def parse_args(argv):
-    ints = lambda s: [int(v) for v in s.split(',') if v]
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--device', default='cpu', help="cpu or cuda (cuda: bf16 autocast, TF32 matmuls)")
-    p.add_argument('--model', default='small', choices=['small', '300m', '800m'],
-                   help="small: the CPU-sized base above; 300m / 800m: gpt.preset (block 512)")
-    p.add_argument('--compression', type=float, default=0.5, help="fraction of base params removed")
-    p.add_argument('--batch_sizes', type=ints, default=[8, 16], help="sequences per micro-batch")
-    p.add_argument('--micro_batches', type=ints, default=[1, 2, 4, 8, 16],
-                   help="micro-batches of gradient accumulation per optimizer step")
-    p.add_argument('--warmup', type=int, default=1,
-                   help="untimed single-micro-batch steps per arm before each batch size")
-    p.add_argument('--reps', type=int, default=5, help="timed steps per arm and configuration")
-    p.add_argument('--proj_reps', type=int, default=21, help="timed repetitions of the fixed-cost parts")
-    p.add_argument('--mem_batch_size', type=int, default=0, help="micro-batch of the memory arms "
-                   "(0: the largest of --batch_sizes)")
-    p.add_argument('--flops_tokens', type=int, default=512 * 512, help="tokens/step for the FLOP table")
-    p.add_argument('--no_memory', action='store_true', help="skip the memory subprocesses")
-    p.add_argument('--no_processes', action='store_true', help="skip train.py at 1 and 2 processes")
-    p.add_argument('--process_steps', type=int, default=12, help="optimizer steps of each train.py run")
-    p.add_argument('--process_reps', type=int, default=2, help="train.py runs per arm and process count")
-    p.add_argument('--compile', action='store_true', help="torch.compile the micro-batch forward")
-    p.add_argument('--quick', action='store_true', help="smallest size everywhere, a few seconds")
-    p.add_argument('--threads', type=int, default=1,
-                   help="CPU threads (0: torch's default). One, because on a shared 2-core machine an "
-                        "OpenMP team of two stalls whenever another process takes a core (measured "
-                        "here: median step 10x its minimum with 2 threads, 1.3x with 1)")
-    p.add_argument('--clock', default='auto', choices=['auto', 'wall', 'cpu'],
-                   help="auto: wall clock on CUDA (synchronized), process CPU time on CPU")
-    p.add_argument('--seed', type=int, default=1337)
-    p.add_argument('--out_dir', default='out/bench')
-    p.add_argument('--_memory_arm', default='', help=argparse.SUPPRESS)  # internal: one memory arm
-    p.error = lambda msg: sys.exit(f"error: {msg} (see --help)")   # one line, like every error here
+    args = SimpleNamespace(**settings.parse(argv, OPTIONS, config_files=False, doc=__doc__))
     try:
-        args = p.parse_args(argv)
+        args.batch_sizes, args.micro_batches = ([int(v) for v in getattr(args, k).split(',') if v]
+                                                for k in ('batch_sizes', 'micro_batches'))
     except ValueError:   # a list option that is not comma-separated integers
         raise SystemExit("error: --batch_sizes and --micro_batches take comma-separated integers, e.g. 8,16")
     if not args.batch_sizes or not args.micro_batches or min(args.batch_sizes + args.micro_batches) <= 0:
         raise SystemExit("error: --batch_sizes and --micro_batches need positive integers, e.g. 8,16")
+    for key, choices in (('model', ('small', '300m', '800m')), ('clock', ('auto', 'wall', 'cpu'))):
+        if getattr(args, key) not in choices:
+            raise SystemExit(f"error: --{key}={getattr(args, key)} is not one of {', '.join(choices)}")
     for key, low in (('reps', 1), ('proj_reps', 1), ('warmup', 0), ('flops_tokens', 1), ('threads', 0),
                      ('mem_batch_size', 0), ('process_steps', 2), ('process_reps', 1), ('seed', 0)):
         if getattr(args, key) < low:
             raise SystemExit(f"error: --{key}={getattr(args, key)} must be at least {low}")
     if not 0 < args.compression < 1:
         raise SystemExit(f"error: --compression={args.compression} must be in (0, 1)")
-    if args.device != 'cpu' and not (args.device == 'cuda' or args.device.startswith('cuda:')):
-        raise SystemExit(f"error: --device={args.device} is not supported; use cpu or cuda (cuda:N)")
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit("error: --device=cuda but torch.cuda.is_available() is False")
+    settings.check_device(args.device, auto=False)
     try:   # now, not after minutes of measuring
         os.makedirs(args.out_dir, exist_ok=True)
         if not os.access(args.out_dir, os.W_OK):
@@ -534,66 +535,11 @@ def bench_memory(args, argv, log):
 # ----------------------------------------------------------------------------------------------
 # 3. FLOPs on paper.
 
-def projected_shapes(base_cfg, small_cfg):
-    """(name, out_dim, in_dim, out_c, in_c, has_in, has_out) of every matrix PC projects, from
-    pc.AXES, without allocating anything (meta device: works for the 800M base too)."""
-    with torch.device('meta'):
-        base = gpt.GPT(base_cfg)
-    for name, w in base.named_parameters():
-        if w.dim() == 2:
-            yield (name, *pc.projection_shapes(name, *w.shape, small_cfg.n_embd, small_cfg.d_ff))
-
-
-def projection_flops(base_cfg, small_cfg):
-    """(forward, backward) FLOPs of building every W_c once and of pushing dL/dW_c into P and R, each
-    matrix in the order pc.Projection picks (pc.projection_flops counts one matrix)."""
-    fwd = bwd = 0
-    for name, *shapes in projected_shapes(base_cfg, small_cfg):
-        f, b = pc.projection_flops(*shapes, out_first=pc.out_first_is_cheaper(*shapes))
-        fwd, bwd = fwd + f, bwd + b
-    return fwd, bwd
-
-
-def process_shares(base_cfg, small_cfg, world, base_bytes=4):
-    """What each of `world` processes owns of PC's projections when train.share_out splits them:
-    its projection forward and backward FLOPs and its elements of frozen base, P, R and the saved
-    intermediate (W_c has R's shape)."""
-    shapes = {name: (o, i) for name, o, i, *_ in projected_shapes(base_cfg, small_cfg)}
-    costs = pc.projection_costs(shapes, small_cfg.n_embd, small_cfg.d_ff)
-    owner = train.share_out(costs, world, base_bytes)
-    shares = [dict(fwd=0, bwd=0, frozen=0, p=0, r=0, inter=0, second_p=0) for _ in range(world)]
-    for name, c in costs.items():
-        for k in shares[owner[name]]:
-            shares[owner[name]][k] += c[k]
-    return shares
-
-
-def static_memory(base_cfg, small_cfg, world=1, base_bytes=4):
-    """Bytes one process holds besides activations (the most loaded one), fp32 and AdamW (param +
-    grad + 2 states = 16 B per trained element), counted from shapes as train.py allocates them:
-    every process holds the whole compressed GPT (W_c and vectors) with gradients and the vectors'
-    AdamW state; PC's frozen base, P, R, their state and the saved intermediates only for the
-    matrices it owns. base_bytes: 4 (float32) or 2 (proj_dtype=bfloat16). The measured breakdown of
-    the memory arms reproduces the 1-process numbers for the bench model (see test_bench_quick)."""
-    shares = process_shares(base_cfg, small_cfg, world, base_bytes)
-    n_base, n_small = gpt.param_counts(base_cfg)['total'], gpt.param_counts(small_cfg)['total']
-    vectors_c = n_small - sum(s['r'] for s in shares)
-    parts = max((dict(frozen_base=base_bytes * s['frozen'], projections=8 * s['p'], residuals=8 * s['r'],
-                      optimizer_state=8 * (s['p'] + s['r'] + vectors_c), model_params_grads=8 * n_small,
-                      # W_c itself is the GPT's matrices; in bfloat16 autograd also keeps P's bf16 copies
-                      saved_projection_graph=base_bytes * (s['inter'] + (s['second_p'] if base_bytes < 4 else 0)))
-                 for s in shares), key=lambda d: sum(d.values()))
-    pc_bytes = sum(parts.values())
-    return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=pc_bytes, pc_parts=parts,
-                p_params=sum(s['p'] for s in shares), r_params=sum(s['r'] for s in shares),
-                pc_over_hpr=pc_bytes / (16 * n_small), pc_over_base=pc_bytes / (16 * n_base))
-
-
 def flops_row(label, base_cfg, small_cfg, removed, tokens, compression):
-    fwd, bwd = projection_flops(base_cfg, small_cfg)
+    fwd, bwd = costs.model_flops(base_cfg, small_cfg)
     per_token = gpt.flops_per_token(small_cfg)
     step = per_token * tokens
-    mem = static_memory(base_cfg, small_cfg)
+    mem = costs.static_memory(base_cfg, small_cfg)
     return dict(model=label, compression=compression, removed=removed, n_embd=small_cfg.n_embd,
                 d_ff=small_cfg.d_ff, compressed_params=gpt.param_counts(small_cfg)['total'],
                 base_params=gpt.param_counts(base_cfg)['total'], p_params=mem['p_params'],
@@ -612,10 +558,10 @@ def flops_row(label, base_cfg, small_cfg, removed, tokens, compression):
 def process_row(label, base_cfg, small_cfg, tokens, world, compression):
     """One process's share of a PC step, against its share of the step's FLOPs and against HPR's
     memory under DDP, and what it receives per step beyond DDP's gradient traffic."""
-    shares = process_shares(base_cfg, small_cfg, world)
+    shares = costs.process_shares(base_cfg, small_cfg, world)
     worst = max(s['fwd'] + s['bwd'] for s in shares)
     step = gpt.flops_per_token(small_cfg) * tokens / world
-    fp32, bf16 = (static_memory(base_cfg, small_cfg, world, b) for b in (4, 2))
+    fp32, bf16 = (costs.static_memory(base_cfg, small_cfg, world, b) for b in (4, 2))
     wc = sum(s['r'] for s in shares)
     n_small = gpt.param_counts(small_cfg)['total']
     return dict(model=label, compression=compression, processes=world, proj_flops=worst, step_flops=step,
@@ -673,7 +619,7 @@ def bench_processes(args, base_cfg, small_cfg, log):
             json.dump(dict(vocab_size=base_cfg.vocab_size, splits=splits), f)
         torch.manual_seed(args.seed)
         base_ckpt = os.path.join(tmp, 'base.pt')
-        gpt.save_atomic(gpt.gpt_checkpoint(gpt.GPT(base_cfg)), base_ckpt)
+        files.save_atomic(checkpoint.gpt_checkpoint(gpt.GPT(base_cfg)), base_ckpt)
         here = os.path.dirname(os.path.abspath(__file__))
         env = dict(os.environ, OMP_NUM_THREADS='1')
         times = {}
@@ -825,7 +771,7 @@ def main(argv=None):
             [('processes', 'processes', 'int'), ('tokens/step', 'tokens_per_step', 'int'),
              ('HPR ms', 'hpr_s', 'ms'), ('PC ms', 'pc_s', 'ms'), ('PC/HPR', 'pc_over_hpr', 'x')], processes)
     add(f'Per process on paper, the paper shapes at {args.flops_tokens:,} tokens/step split over the '
-        'processes (projection: the most loaded process\'s share, as train.share_out splits them; '
+        'processes (projection: the most loaded process\'s share, as infra/processes.assign_owners splits them; '
         'GiB: static bytes of one process, fp32 AdamW, PC\'s frozen base in float32 or bfloat16 '
         '(proj_dtype); traffic: MB one process receives per step, W_c beyond DDP vs DDP\'s gradient '
         'all-reduce)',

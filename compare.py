@@ -73,24 +73,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Options: every one is checked before any work.
 
 def parse_options(argv):
-    """(compare.py's options, train.py settings for the arms, train.py settings for the base)."""
-    opts, arm_args, base_args = dict(OWN), [], []
-    for a in argv:
-        key, eq, value = a[2:].partition('=')
-        if not a.startswith('--') or not eq:
-            raise SystemExit(f"error: '{a}' should look like --key=value (see compare.py's docstring)")
-        if key in opts:
-            want = type(OWN[key])
-            if want is bool:   # only true/false spellings: '--early=yes' must not read as False
-                if value not in ('True', 'true', 'False', 'false'):
-                    raise SystemExit(f"error: --{key}={value} should be True or False")
-                opts[key] = value in ('True', 'true')
-            else:
-                try:
-                    opts[key] = want(value)
-                except ValueError:
-                    raise SystemExit(f"error: --{key}={value} should be a {want.__name__}")
-        elif key.startswith('base.'):
+    """(compare.py's options, train.py settings for the arms, train.py settings for the base), all
+    read by infra/settings.parse's rules."""
+    opts, rest = settings.parse(argv, OWN, config_files=False, rest=True, doc=__doc__)
+    arm_args, base_args = [], []
+    for a in rest:
+        key, _, value = a[2:].partition('=')
+        if key.startswith('base.'):
             if key[5:] in BASE_SET_HERE:
                 raise SystemExit(f"error: --{key} is not a setting to pass: {BASE_SET_HERE[key[5:]]}")
             base_args.append(f"--{key[5:]}={value}")
@@ -147,23 +136,10 @@ def checked_lists(opts):
 
 
 def check_run(cfg):
-    """The settings train.py would only reject after its model is built, rejected now."""
-    if cfg['importance'] not in pc.METHODS:
-        raise SystemExit(f"error: importance='{cfg['importance']}' is unknown; use one of {', '.join(pc.METHODS)}")
-    if cfg['proj_dtype'] not in ('auto', *train.PROJ_DTYPES):
-        raise SystemExit(f"error: proj_dtype='{cfg['proj_dtype']}' should be auto or one of {sorted(train.PROJ_DTYPES)}")
-    if cfg['device'] not in ('auto', 'cpu') and not cfg['device'].startswith('cuda'):
-        raise SystemExit(f"error: device='{cfg['device']}' should be auto, cpu or cuda")
-    if cfg['device'].startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: device='{cfg['device']}' but this machine has no CUDA GPU; use --device=auto")
-    for key in ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval'):
-        if cfg[key] <= 0:
-            raise SystemExit(f"error: {key}={cfg[key]} must be positive")
+    """Every setting train.py would refuse, refused now, before any run trains (train.py's own checks)."""
+    settings.check_train(cfg, train.DEFAULTS)
     if cfg['dataset'] != 'shakespeare_char':   # the embedded one is prepared here if missing
-        folder = cfg['dataset'] if os.sep in cfg['dataset'] else os.path.join(HERE, 'data', cfg['dataset'])
-        if not os.path.isfile(os.path.join(folder, 'meta.json')):
-            raise SystemExit(f"error: dataset '{cfg['dataset']}' is not prepared ({folder}/meta.json "
-                             f"missing); run its data/<name>/prepare.py first")
+        settings.check_prepared(cfg['dataset'])
 
 
 # ----------------------------------------------------------------------------------------------

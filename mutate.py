@@ -10,11 +10,10 @@ that cannot alter behaviour, which the report lets you judge).
 
     python mutate.py                          # 100 mutants sampled from the default files, 2 at a time
     python mutate.py --n=30 --files=pc.py     # a quick look at one file
-    python mutate.py --list                   # every candidate, without running anything
+    python mutate.py --list=True              # every candidate, without running anything
 
 Prints one line per mutant and the score; writes out/mutate/report.json.
 """
-import argparse
 import ast
 import json
 import os
@@ -25,10 +24,24 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+from infra import settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = ['pc.py', 'train.py', 'compare.py', 'gpt.py', 'data/loader.py', 'data/tokenizer.py',
+FILES = ['pc.py', 'train.py', 'compare.py', 'gpt.py', 'costs.py', 'infra/settings.py', 'infra/processes.py',
+         'infra/checkpoint.py', 'infra/files.py', 'infra/hf.py', 'data/loader.py', 'data/tokenizer.py',
          'data/c4/prepare.py', 'data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py']
+# Options, as --key=value (infra/settings.parse's rules)
+OPTIONS = dict(
+    n=100,                  # mutants to run, sampled from all candidates
+    seed=0,
+    files=','.join(FILES),  # comma-separated files to mutate
+    jobs=2,                 # mutants tested at once (each its own copy)
+    timeout=600,            # seconds before a mutant's suite counts as failing
+    list=False,             # print every candidate and stop
+    out=os.path.join(HERE, 'out', 'mutate'),
+)
 SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
         ast.NotEq: ast.Eq, ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
         ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.And: ast.Or, ast.Or: ast.And,
@@ -154,16 +167,8 @@ def copy_repo(dst):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--n', type=int, default=100, help="mutants to run, sampled from all candidates")
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--files', default=','.join(FILES), help="comma-separated files to mutate")
-    p.add_argument('--jobs', type=int, default=2, help="mutants tested at once (each its own copy)")
-    p.add_argument('--timeout', type=int, default=600, help="seconds before a mutant's suite counts as failing")
-    p.add_argument('--list', action='store_true', help="print every candidate and stop")
-    p.add_argument('--out', default=os.path.join(HERE, 'out', 'mutate'))
-    p.error = lambda msg: sys.exit(f"error: {msg} (see --help)")
-    args = p.parse_args(argv)
+    args = SimpleNamespace(**settings.parse(sys.argv[1:] if argv is None else argv, OPTIONS,
+                                            config_files=False, doc=__doc__))
     files = [f for f in args.files.split(',') if f]
     missing = [f for f in files if not os.path.isfile(os.path.join(HERE, f))]
     if missing:

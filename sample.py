@@ -87,18 +87,12 @@ def sample(cfg):
     """The samples as strings (prompt included), as main prints them."""
     if cfg['num_samples'] < 1 or cfg['max_new_tokens'] < 0 or cfg['top_k'] < 0:
         raise SystemExit("error: --num_samples must be positive, --max_new_tokens and --top_k not negative")
-    if not cfg['temperature'] >= 1e-3:   # below, logits / temperature overflow: --top_k=1 is greedy
-        raise SystemExit(f"error: --temperature={cfg['temperature']} must be at least 0.001 (for the most "
-                         f"likely token every time, use --top_k=1)")
+    if not 1e-3 <= cfg['temperature'] < float('inf'):   # below, logits / temperature overflow: --top_k=1
+        raise SystemExit(f"error: --temperature={cfg['temperature']} must be a finite number, at least 0.001 "
+                         f"(for the most likely token every time, use --top_k=1)")
     if not 0 <= cfg['seed'] < 2 ** 63:
         raise SystemExit(f"error: --seed={cfg['seed']} must be in [0, 2**63)")
-    device = cfg['device']
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device != 'cpu' and not (device == 'cuda' or device.startswith('cuda:')):
-        raise SystemExit(f"error: --device={device} is not supported; use auto, cpu or cuda (cuda:N)")
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device={device} but this machine has no CUDA GPU; use --device=cpu")
+    device = settings.resolve_device(settings.check_device(cfg['device']))
     start = cfg['start']
     if start.startswith('FILE:'):
         try:

@@ -109,6 +109,8 @@ def check_writable(folder):
 def claim(out_dir):
     """Lock out_dir/.lock for this process (it holds this process's pid, for the message), or stop
     with one line if a live run holds it."""
+    if os.path.abspath(out_dir) in _held:   # this process's own (a run in it that stopped early)
+        return
     path = os.path.join(out_dir, '.lock')
     f = open(path, 'a+')
     try:
@@ -123,11 +125,11 @@ def claim(out_dir):
     f.truncate()
     f.write(str(os.getpid()))
     f.flush()
-    _held[out_dir] = f
+    _held[os.path.abspath(out_dir)] = f
 
 
 def release(out_dir):
-    f = _held.pop(out_dir, None)
+    f = _held.pop(os.path.abspath(out_dir), None)
     if f is not None:
         try:
             os.remove(os.path.join(out_dir, '.lock'))

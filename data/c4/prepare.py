@@ -10,7 +10,6 @@ Resumable: a shard whose .bin exists and is in the manifest is skipped, and ever
 file is written under a temporary name first, so a killed run loses only the
 shards it was working on. One train shard is ~356k documents, ~170M tokens.
 """
-import argparse
 import gzip
 import hashlib
 import json
@@ -19,13 +18,24 @@ import os
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import numpy as np
 
 # run as a script from anywhere: make the repo root importable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data.tokenizer import gpt2  # noqa: E402
+from infra import settings  # noqa: E402
 from infra.files import remove_stale_temporaries, write_atomic  # noqa: E402
+
+# Options, as --key=value (infra/settings.parse's rules)
+OPTIONS = dict(
+    train_shards=1,              # the first N of the 1024 train shards
+    val_shards=1,                # the first N of the 8 validation shards
+    src='',                      # a folder with the json.gz shards ('': download them)
+    out=os.path.join("data", "c4"),   # output folder
+    workers=os.cpu_count() or 1,  # parallel processes (at most one per shard)
+)
 
 URL = "https://huggingface.co/datasets/allenai/c4/resolve/main/en/{}"
 SHARDS = {"train": ("c4-train", 1024), "val": ("c4-validation", 8)}  # file prefix, shards in C4 en
@@ -117,14 +127,8 @@ def write_meta(out, done, complete):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Tokenize C4 (en) shards with GPT-2 BPE.")
-    p.add_argument("--train_shards", type=int, default=1, help="first N of the 1024 train shards")
-    p.add_argument("--val_shards", type=int, default=1, help="first N of the 8 validation shards")
-    p.add_argument("--src", default=None, help="folder with the json.gz shards (default: download)")
-    p.add_argument("--out", default=os.path.join("data", "c4"), help="output folder")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes (at most one per shard)")
-    p.error = lambda msg: sys.exit(f"error: {msg} (see --help)")  # one line, like every error here
-    args = p.parse_args(argv)
+    args = SimpleNamespace(**settings.parse(sys.argv[1:] if argv is None else argv, OPTIONS,
+                                            config_files=False, doc=__doc__))
     for split, n in (("train", args.train_shards), ("val", args.val_shards)):
         if not 0 <= n <= SHARDS[split][1]:
             raise SystemExit(f"error: --{split}_shards={n}: C4 en has {SHARDS[split][1]} {split} shards, "
