@@ -88,7 +88,7 @@ def sample(cfg):
     if cfg['num_samples'] < 1 or cfg['max_new_tokens'] < 0 or cfg['top_k'] < 0:
         raise SystemExit("error: --num_samples must be positive, --max_new_tokens and --top_k not negative")
     if not 1e-3 <= cfg['temperature'] < float('inf'):   # below, logits / temperature overflow: --top_k=1
-        raise SystemExit(f"error: --temperature={cfg['temperature']} must be a finite number, at least 0.001 "
+        raise SystemExit(f"error: --temperature={cfg['temperature']} must be at least 0.001 and finite "
                          f"(for the most likely token every time, use --top_k=1)")
     if not 0 <= cfg['seed'] < 2 ** 63:
         raise SystemExit(f"error: --seed={cfg['seed']} must be in [0, 2**63)")

@@ -1645,6 +1645,31 @@ def test_resume_between_log_records(dataset, base_run, tmp_path):
         assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
 
 
+def test_a_kill_between_shares_and_ckpt_after_a_resume_loses_nothing(dataset, base_run, tmp_path, monkeypatch):
+    """A resumed PC run saves again at its checkpoint's own iteration. Killed after writing the new
+    shares and before the new ckpt.pt, it leaves the old ckpt.pt naming shares that are still on
+    disk and still its own: the run resumes again and ends bit for bit where an uninterrupted run
+    ends (before the shares carried their checkpoint's token, the new share replaced the old one
+    under the same name, and the old ckpt.pt could never be resumed)."""
+    pc_run = dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **ARM_LEN)
+    whole = tmp_path / 'whole'
+    run(dataset, whole, **pc_run)
+    out = tmp_path / 'killed'
+    run(dataset, out, stop_iter=3, **pc_run)
+    def killed(*a, **k):
+        raise KeyboardInterrupt()   # as a kill between the shares and ckpt.pt
+    monkeypatch.setattr(checkpoint, 'write_main', killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(dataset, out, init_from='resume', **pc_run)
+    monkeypatch.undo()
+    s = run(dataset, out, init_from='resume', **pc_run)
+    assert s['iters'] == 6
+    (_, a), (_, b) = trained_state(whole), trained_state(out)
+    assert_same_tensors(a, b)
+    ck = load_ckpt(out)
+    assert sorted(f for f in os.listdir(out) if f.startswith('ckpt.pt.')) == sorted(ck['shards'])   # old ones gone
+
+
 def test_resume_from_the_first_checkpoint(dataset, base_run, tmp_path, monkeypatch):
     """A run killed before its second checkpoint resumes from the one written at iteration 0 (no
     AdamW state yet) and ends where the uninterrupted run ends."""
@@ -2837,10 +2862,10 @@ def test_from_pretrained_openai_and_sharded_layouts(tmp_path):
     (h.N.attn.bias); a big model saved by transformers comes in shards with an index. Both load to
     the same model. A GPT-2-sized vocabulary means the GPT-2 tokenizer."""
     from safetensors.torch import load_file, save_file
-    hf = hf_gpt2(tmp_path / 'hf', vocab=hf.GPT2_VOCAB, n_embd=8, n_head=2, n_inner=16)
+    theirs = hf_gpt2(tmp_path / 'hf', vocab=hf.GPT2_VOCAB, n_embd=8, n_head=2, n_inner=16)
     ref = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
     x, _ = batch(8)
-    same_function(ref, hf, x)
+    same_function(ref, theirs, x)
     openai = tmp_path / 'openai'
     openai.mkdir()
     shutil.copy(tmp_path / 'hf' / 'config.json', openai)
@@ -2853,13 +2878,23 @@ def test_from_pretrained_openai_and_sharded_layouts(tmp_path):
     states_equal(m, ref)
     assert checkpoint.base_sha256(str(openai)) == info['sha256']
     assert info['tokenizer'] == {'tokenizer': 'gpt2'}
-    hf.save_pretrained(str(tmp_path / 'sharded'), max_shard_size='200KB')
+    theirs.save_pretrained(str(tmp_path / 'sharded'), max_shard_size='200KB')
     assert len(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors'))) > 1
     assert not (tmp_path / 'sharded' / 'model.safetensors').exists()
     states_equal(GPT.from_pretrained(str(tmp_path / 'sharded')), ref)
     shards = sorted(glob.glob(str(tmp_path / 'sharded' / 'model-*.safetensors')))
     assert checkpoint.load_base(str(tmp_path / 'sharded'))[1]['sha256'] == files.file_sha256(*shards) == \
         hashlib.sha256(b''.join(open(p, 'rb').read() for p in shards)).hexdigest()
+    # a truncated index, or one naming a shard that is not there: one line each, for loading and hashing
+    index = tmp_path / 'sharded' / 'model.safetensors.index.json'
+    text = index.read_text()
+    index.write_text(text[:len(text) // 2])
+    for load in (GPT.from_pretrained, checkpoint.base_sha256):
+        error_of(load, str(tmp_path / 'sharded'), match=r"model.safetensors.index.json is not a readable safetensors index")
+    index.write_text(text)
+    os.remove(shards[-1])
+    for load in (GPT.from_pretrained, checkpoint.base_sha256):
+        error_of(load, str(tmp_path / 'sharded'), match=rf"names {os.path.basename(shards[-1])}, which is not in")
 
 
 def test_pretrained_names(tmp_path, monkeypatch):
@@ -3098,6 +3133,7 @@ def test_sample_bad_inputs(tmp_path):
     error_of(run_sample, ok, '--start=héllo!', match=r"characters the model's vocabulary lacks: '!', 'é'")
     error_of(run_sample, ok, '--start=', match=r"--start is empty")
     error_of(run_sample, ok, '--device=gpu', match=r"device='gpu' is not supported")
+    error_of(run_sample, ok, '--temperature=1e999', match=r"--temperature=inf must be at least 0\.001 and finite")
     error_of(run_sample, ok, '--temperature=1e-40', match=r"must be at least 0\.001 .*--top_k=1")
     error_of(run_sample, ok, f'--seed={2 ** 70}', match=r"--seed=\d+ must be in")
     error_of(run_sample, ok, f'--start=FILE:{tmp_path / "none.txt"}', match=r"could not read the prompt file")

@@ -442,12 +442,8 @@ def build_model(r, resume, data_dir, vocab):
         base, info = checkpoint.load_base(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
         settings.check_tokenizer(info['tokenizer'], r.tokenizer, c.base_ckpt, c.dataset)
         r.base_info = dict(base_ckpt=info['source'], base_sha256=info['sha256'])
-        if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:
-            raise SystemExit(f"error: base checkpoint {c.base_ckpt} is not the one {r.ckpt_path} was "
-                             f"trained from ({resume.get('base_ckpt')}); pass that one as base_ckpt")
-        if c.block_size > base.config.block_size:
-            raise SystemExit(f"error: block_size={c.block_size} is larger than the base model's "
-                             f"context ({base.config.block_size}); use --block_size<={base.config.block_size}")
+        checkpoint.check_same_base(r, resume)
+        settings.check_fits(base.config, c.block_size, vocab, c.dataset, "the base model's")
         r.keep = resume['keep'] if resume is not None else choose_dimensions(r, base, data_dir)
         if c.distill_alpha:   # the teacher: the frozen base, in eval mode (PC's projections share its memory)
             r.teacher = base.eval().requires_grad_(False)
@@ -462,12 +458,7 @@ def build_model(r, resume, data_dir, vocab):
                                           proj_dtype=settings.PROJ_DTYPES[r.proj_dtype], owned=owned)
             r.model = r.projected.gpt
         del base
-    if c.block_size > r.model.config.block_size:
-        raise SystemExit(f"error: block_size={c.block_size} is larger than the model's context "
-                         f"({r.model.config.block_size})")
-    if vocab > r.model.config.vocab_size:
-        raise SystemExit(f"error: dataset {c.dataset} has {vocab} token ids but the model only "
-                         f"{r.model.config.vocab_size}; pick a matching dataset")
+    settings.check_fits(r.model.config, c.block_size, vocab, c.dataset)
     r.model.to(r.dev)
 
 
@@ -491,17 +482,4 @@ def choose_dimensions(r, base, data_dir):
 
 
 if __name__ == '__main__':
-    try:
-        summary = train(parse_args(sys.argv[1:]))
-    except KeyboardInterrupt:
-        raise SystemExit("error: interrupted; the last checkpoint is kept: continue with --init_from=resume")
-    if int(os.environ.get('RANK', 0)) == 0:
-        print(json.dumps(summary))
-    if 'RANK' in os.environ:
-        # Under torchrun, leave without Python's exit-time teardown: gloo's threads, still referenced
-        # from DDP's autograd hooks, can abort a process while the interpreter tears down ("terminate
-        # called without an active exception", about 1 run in 10 on a busy 2-core machine), and
-        # torchrun then reports a finished run as failed. Every file is written and synced by now.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    processes.run_main(lambda: train(parse_args(sys.argv[1:])))

@@ -266,6 +266,13 @@ def check_resume(r, resume):
                          f"{', '.join(changed)}; resume with the checkpoint's settings")
 
 
+def check_same_base(r, resume):
+    """A resume of an arm run continues from the base it started from (the same bytes)."""
+    if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:
+        raise SystemExit(f"error: base checkpoint {r.c.base_ckpt} is not the one {r.ckpt_path} was "
+                         f"trained from ({resume.get('base_ckpt')}); pass that one as base_ckpt")
+
+
 def restore(r, resume):
     """Continue exactly where the checkpoint stopped: weights, AdamW state, data position, RNG, the
     not yet logged training losses."""

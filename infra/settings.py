@@ -196,3 +196,13 @@ def check_tokenizer(model_tokenizer, data_tokenizer, model_name, dataset):
         raise SystemExit(f"error: {model_name} reads {what(model_tokenizer)} tokens but dataset {dataset} is "
                          f"{what(data_tokenizer)} tokens; prepare the data with the model's tokenizer "
                          f"(GPT-2 BPE: data/shakespeare, data/c4)")
+
+
+def check_fits(model_cfg, block_size, vocab, dataset, whose="the model's"):
+    """The sequences and the token ids of the data must fit the model."""
+    if block_size > model_cfg.block_size:
+        raise SystemExit(f"error: block_size={block_size} is larger than {whose} context "
+                         f"({model_cfg.block_size}); use --block_size<={model_cfg.block_size}")
+    if vocab > model_cfg.vocab_size:
+        raise SystemExit(f"error: dataset {dataset} has {vocab} token ids but the model only "
+                         f"{model_cfg.vocab_size}; pick a matching dataset")
