@@ -23,6 +23,7 @@ the base runs, e.g. --base.n_layer=2 for a quick try. Every arm run lives in its
 after its settings, so another option never replaces a finished run; a base folder that holds a
 base trained with other settings is refused (pass another --base_dir).
 """
+import difflib
 import hashlib
 import json
 import os
@@ -78,15 +79,24 @@ def parse_options(argv):
     opts, rest = settings.parse(argv, OWN, config_files=False, rest=True, doc=__doc__)
     arm_args, base_args = [], []
     for a in rest:
-        key, _, value = a[2:].partition('=')
+        key, eq, value = a[2:].partition('=')
+        setting = key[5:] if key.startswith('base.') else key
+        if setting not in train.DEFAULTS:
+            close = difflib.get_close_matches(setting, [*OWN, *train.DEFAULTS], n=1)
+            raise SystemExit(f"error: unknown option --{key}: neither a compare.py option nor a train.py "
+                             f"setting" + (f"; did you mean --{close[0]}?" if close else ""))
+        if not eq and type(train.DEFAULTS[setting]) is bool:   # a bare --flag means True, as everywhere
+            value = 'True'
+        elif not eq:
+            raise SystemExit(f"error: '{a}' should look like --{key}=value")
         if key.startswith('base.'):
-            if key[5:] in BASE_SET_HERE:
-                raise SystemExit(f"error: --{key} is not a setting to pass: {BASE_SET_HERE[key[5:]]}")
-            base_args.append(f"--{key[5:]}={value}")
+            if setting in BASE_SET_HERE:
+                raise SystemExit(f"error: --{key} is not a setting to pass: {BASE_SET_HERE[setting]}")
+            base_args.append(f"--{setting}={value}")
         elif key in SET_HERE:
             raise SystemExit(f"error: --{key} is set by compare.py for every arm run: {SET_HERE[key]}")
         else:
-            arm_args.append(a)
+            arm_args.append(f"--{key}={value}")
     return opts, arm_args, base_args
 
 
@@ -125,8 +135,8 @@ def checked_lists(opts):
         except ValueError:
             raise SystemExit(f"error: --lrs={opts['lrs']} should be 'tuned' or comma-separated rates, "
                              f"e.g. --lrs=0.001 or --lrs=2^-12,2^-11,2^-10")
-        if not all(r > 0 for r in rates) or len(set(rates)) != len(rates):
-            raise SystemExit(f"error: --lrs={opts['lrs']}: rates must be positive and different")
+        if not all(0 < r < float('inf') for r in rates) or len(set(rates)) != len(rates):
+            raise SystemExit(f"error: --lrs={opts['lrs']}: rates must be positive, finite and different")
     imps = opts['importance'].split(',') if opts['importance'] else [None]
     bad = [m for m in imps if m is not None and m not in pc.METHODS]
     if bad or len(set(imps)) != len(imps):

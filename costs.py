@@ -25,6 +25,15 @@ def matrix_shapes(base_cfg):
     return {name: tuple(w.shape) for name, w in base.named_parameters() if w.dim() == 2}
 
 
+def projection_shape(name, out_dim, in_dim, n_embd, d_ff):
+    """(out, in, out_c, in_c, has_in, has_out) of the projection of the base matrix `name` (out x in)
+    when the residual width shrinks to n_embd and the MLP width to d_ff, read from pc.AXES."""
+    out_role, in_role = pc.axes_of(name)
+    width = {'D': n_embd, 'F': d_ff, None: None}
+    return (out_dim, in_dim, width[out_role] or out_dim, width[in_role] or in_dim,
+            in_role is not None, out_role is not None)
+
+
 def matrix_costs(shapes, n_embd, d_ff):
     """What each base matrix's projection costs whoever holds it, {name: (out, in)} -> {name: dict}:
     forward and backward FLOPs (in the order pc.Projection picks) and the elements of its frozen base,
@@ -33,7 +42,7 @@ def matrix_costs(shapes, n_embd, d_ff):
     matmuls run in another dtype than P's float32)."""
     costs = {}
     for name, (out_dim, in_dim) in shapes.items():
-        s = pc.projection_shape(name, out_dim, in_dim, n_embd, d_ff)
+        s = projection_shape(name, out_dim, in_dim, n_embd, d_ff)
         out_c, in_c, has_in, has_out = s[2:]
         out_first = pc.out_first_is_cheaper(*s)
         fwd, bwd = pc.matrix_flops(*s, out_first=out_first)

@@ -22,6 +22,9 @@ from infra import checkpoint, hf
 
 
 def main(argv):
+    if argv in (['--help'], ['-h']):
+        print(__doc__.strip())
+        return None
     if len(argv) != 2 or any(a.startswith('-') for a in argv):
         raise SystemExit("error: give SOURCE and OUT_DIR: python export.py SOURCE OUT_DIR (SOURCE: a "
                          "checkpoint .pt, a model folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl)")

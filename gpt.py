@@ -40,7 +40,8 @@ class GPTConfig:
             v, want = getattr(self, name), f.type
             ok = type(v) is want or (want is float and type(v) is int)
             if not ok:
-                raise SystemExit(f"error: model config {name}={v!r} should be a {want.__name__}")
+                raise SystemExit(f"error: model config {name}={v!r} should be {'an' if want is int else 'a'} "
+                                 f"{want.__name__}")
         if not 0 <= self.dropout < 1:
             raise SystemExit(f"error: model config dropout={self.dropout} must be in [0, 1)")
         for k in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):

@@ -169,10 +169,16 @@ def copy_repo(dst):
 def main(argv=None):
     args = SimpleNamespace(**settings.parse(sys.argv[1:] if argv is None else argv, OPTIONS,
                                             config_files=False, doc=__doc__))
+    for key, low in (('n', 0), ('jobs', 1), ('timeout', 1)):
+        if getattr(args, key) < low:
+            raise SystemExit(f"error: --{key}={getattr(args, key)} must be at least {low}")
     files = [f for f in args.files.split(',') if f]
     missing = [f for f in files if not os.path.isfile(os.path.join(HERE, f))]
     if missing:
         raise SystemExit(f"error: {missing[0]} is not a file of this repository")
+    not_python = [f for f in files if not f.endswith('.py')]
+    if not_python:
+        raise SystemExit(f"error: {not_python[0]} is not Python; mutate.py changes .py files only")
     pool = [c for f in files for c in candidates(f)]
     if args.list:
         for c in pool:

@@ -16,10 +16,11 @@ load the values into the compressed GPT, run all micro-batches through that plai
 would, and only then push the accumulated dL/dW_c through the small saved graph into P and R. The
 projection work is a fixed cost per step, independent of the number of tokens.
 
-    pc.materialize()                       # W_c = P_out W P_in + R, once per step
+    projected = ProjectedGPT(base, keep)   # P, R and the compressed GPT they feed
+    projected.materialize()                # W_c = P_out W P_in + R, once per step
     for x, y in micro_batches:             # plain GPT forward/backward, like HPR
-        loss = pc.gpt(x, y)[1] / n; loss.backward()
-    pc.backward_projections()              # dL/dW_c -> dL/dP, dL/dR, one autograd call
+        loss = projected.gpt(x, y)[1] / n; loss.backward()
+    projected.backward_projections()       # dL/dW_c -> dL/dP, dL/dR, one autograd call
     optimizer.step()
 """
 import re
@@ -126,7 +127,7 @@ def importance(model, method, batches=None, seed=0):
                         add(role, layer_of(name), norms / norms.mean() if scaled else norms)
                         n_readers_writers += role == 'D'
         if not scaled:
-            D /= n_readers_writers   # the mean over matrices: the same order as the sum
+            D /= n_readers_writers   # the mean over the matrices that read or write D (q, k, v one by one)
     elif method in ACTIVATION_POINTS:
         if not batches:
             raise SystemExit(f"error: importance={method} needs calibration batches")
@@ -219,8 +220,9 @@ def selection(idx, n):
 
 def matrix_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=False):
     """(forward, backward) FLOPs of building one W_c = P_out W P_in + R and of pushing dL/dW_c into
-    its projections (costs.py adds them up over the model and the processes). W is frozen, so the backward computes only dP (and dM, the gradient of the
-    intermediate, when both sides are projected); R's gradient is dL/dW_c itself."""
+    its projections (costs.py adds them up over the model and the processes). W is frozen, so the
+    backward computes only dP (and dM, the gradient of the intermediate, when both sides are
+    projected); R's gradient is dL/dW_c itself."""
     mm = lambda m, k, n: 2 * m * k * n
     if has_in and has_out:
         if out_first:   # N = P_out W (out_c x in), then N P_in: dP_in = N^T G, dN = G P_in^T, dP_out = dN W^T
@@ -237,15 +239,6 @@ def matrix_flops(out_dim, in_dim, out_c, in_c, has_in, has_out, out_first=False)
 def out_first_is_cheaper(*shapes):
     """Whether (P_out W) P_in costs fewer FLOPs (forward + backward) than P_out (W P_in)."""
     return sum(matrix_flops(*shapes, out_first=True)) < sum(matrix_flops(*shapes, out_first=False))
-
-
-def projection_shape(name, out_dim, in_dim, n_embd, d_ff):
-    """(out, in, out_c, in_c, has_in, has_out) of the projection of the base matrix `name` (out x in)
-    when the residual width shrinks to n_embd and the MLP width to d_ff, read from the table."""
-    out_role, in_role = axes_of(name)
-    width = {'D': n_embd, 'F': d_ff, None: None}
-    return (out_dim, in_dim, width[out_role] or out_dim, width[in_role] or in_dim,
-            in_role is not None, out_role is not None)
 
 
 class Projection(nn.Module):
@@ -290,7 +283,7 @@ class ProjectedGPT(nn.Module):
 
     `owned` (names of GPT matrices; None: all) is the share of the projections this process keeps:
     under torchrun each process builds, trains and steps only its own (train.py shares out the
-    matrices and sends each new W_c to the others). A matrix it does not own keeps no base slice, P or
+    matrices with infra/processes.assign_owners and sends each new W_c with broadcast_wc). A matrix it does not own keeps no base slice, P or
     R here; its value in `self.gpt` is whatever it was last given (the hard-pruned slice at first:
     train.py sends every W_c before the first step uses it)."""
 

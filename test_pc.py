@@ -1240,20 +1240,20 @@ def test_parse_args_config_file_and_overrides(tmp_path):
 
 def test_parse_args_errors(tmp_path):
     parse = train.parse_args
-    msg = error_of(parse, ['--n_layers=3'], match=r"unknown config key 'n_layers'")
+    msg = error_of(parse, ['--n_layers=3'], match=r"unknown setting 'n_layers'")
     assert "did you mean 'n_layer'" in msg and 'command line' in msg
     conf = tmp_path / 'bad.py'
     conf.write_text("n_layer = 2\nlearing_rate = 1e-3\n")
-    msg = error_of(parse, [str(conf)], match=r"unknown config key 'learing_rate'")
+    msg = error_of(parse, [str(conf)], match=r"unknown setting 'learing_rate'")
     assert "did you mean 'learning_rate'" in msg and str(conf) in msg
-    error_of(parse, ['--max_iters=1.5'], match=r"max_iters=1\.5 .*should be a int")
+    error_of(parse, ['--max_iters=1.5'], match=r"max_iters=1\.5 .*should be an int")
     error_of(parse, ['--bias=1'], match=r"bias=1 .*should be True or False")
-    error_of(parse, ['--n_layer=abc'], match=r"n_layer='abc' .*should be a int")
+    error_of(parse, ['--n_layer=abc'], match=r"n_layer='abc' .*should be an int")
     error_of(parse, ['--learning_rate=fast'], match=r"learning_rate='fast' .*should be a float")
     assert parse(['--dataset=3'])['dataset'] == '3'   # a string setting takes the text as it is
     conf2 = tmp_path / 'badtype.py'
     conf2.write_text("eval_iters = 2.5\n")
-    error_of(parse, [str(conf2)], match=r"eval_iters=2\.5 in .*badtype\.py should be a int")
+    error_of(parse, [str(conf2)], match=r"eval_iters=2\.5 in .*badtype\.py should be an int")
     error_of(parse, ['--max_iters'], match=r"should look like --max_iters=value")
     error_of(parse, [str(tmp_path / 'nope.py')], match=r"config file '.*nope\.py' not found")
     conf3 = tmp_path / 'syntax.py'
@@ -1645,6 +1645,19 @@ def test_resume_between_log_records(dataset, base_run, tmp_path):
         assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
 
 
+def test_a_finished_model_is_not_resumed(dataset, base_run, tmp_path):
+    """A merged.pt (or any plain model file) put where a run's ckpt.pt goes is one line saying it is
+    a finished model, whatever arm is asked, not a line about the arm or proj_dtype."""
+    out = tmp_path / 'merged_as_ckpt'
+    out.mkdir()
+    model = load_gpt(base_run['ckpt'])
+    save_atomic(gpt_checkpoint(model, config=dict(make_cfg(dataset, out, arm='pc')), tokenizer={}), str(out / 'ckpt.pt'))
+    for arm in ('base', 'pc', 'hpr'):
+        extra = {} if arm == 'base' else dict(base_ckpt=base_run['ckpt'])
+        error_of(lambda: run(dataset, out, arm=arm, init_from='resume', max_iters=2, **extra),
+                 match=r"ckpt.pt is a finished model, not a training checkpoint: nothing to resume")
+
+
 def test_a_kill_between_shares_and_ckpt_after_a_resume_loses_nothing(dataset, base_run, tmp_path, monkeypatch):
     """A resumed PC run saves again at its checkpoint's own iteration. Killed after writing the new
     shares and before the new ckpt.pt, it leaves the old ckpt.pt naming shares that are still on
@@ -1855,7 +1868,7 @@ def test_more_bad_config(dataset, tmp_path):
     """A config file's setting of the wrong type (a stray comma, None) is one line, as is a preset
     given with an explicit shape, a seed too large, an infinite length; head_dim is a setting."""
     for text, match in (("learning_rate = 3e-4,\n", r"learning_rate=\(0\.0003,\) in .* should be a float"),
-                        ("max_iters = None\n", r"max_iters=None in .* should be a int"),
+                        ("max_iters = None\n", r"max_iters=None in .* should be an int"),
                         ("import sys\nsys.exit(3)\n", r"fails to run: SystemExit")):
         conf = tmp_path / 'c.py'
         conf.write_text(text)
@@ -1915,7 +1928,7 @@ def test_hand_edited_files_are_one_line(tmp_path):
     ck = gpt_checkpoint(tiny_gpt())
     for args in (dict(ck['model_args'], n_layer='2'), [1, 2], dict(ck['model_args'], colour='red')):
         torch.save({**ck, 'model_args': args}, tmp_path / 'bad.pt')
-        error_of(load_gpt, str(tmp_path / 'bad.pt'), match=r"(should be a int|holds no GPT config)")
+        error_of(load_gpt, str(tmp_path / 'bad.pt'), match=r"(should be an int|holds no GPT config)")
     torch.save({**ck, 'tokenizer': 'char'}, tmp_path / 'tok.pt')
     assert checkpoint.load_base(str(tmp_path / 'tok.pt'))[1]['tokenizer'] == {}
 
@@ -1937,7 +1950,7 @@ def test_c4_and_bench_bad_options(tmp_path):
     error_of(c4_prep.main, [f'--src={src}', f'--out={afile}', '--val_shards=0'], match=r"cannot create .*afile")
     for argv, match in ((['--batch_sizes='], r"need positive integers"), (['--micro_batches=0'], r"need positive"),
                         (['--reps=0'], r"--reps=0 must be at least 1"), (['--device=gpu'], r"device='gpu' is not"),
-                        (['--bogus'], r"unknown config key 'bogus'"), (['--process_steps=1'], r"at least 2"),
+                        (['--bogus'], r"unknown setting 'bogus'"), (['--process_steps=1'], r"at least 2"),
                         ([f'--out_dir={afile}'], r"--out_dir=.*afile cannot be written")):
         error_of(bench.main, ['--quick', *argv], match=match)
 
@@ -1982,6 +1995,12 @@ def test_a_base_meets_data_it_cannot_read(dataset, base_run, tmp_path):
     open(os.path.join(bpe, 'meta.json'), 'w').write(json.dumps({**m, 'tokenizer': 'gpt2'}))
     error_of(lambda: run(bpe, tmp_path / 'x', arm='pc', base_ckpt=str(tmp_path / 'cbase' / 'ckpt.pt'), max_iters=1),
              match=r"reads char \(48 characters\) tokens but dataset .*bpe is gpt2 tokens")
+    other = write_dataset(tmp_path / 'other')   # a character vocabulary of another text
+    m = json.loads(open(os.path.join(other, 'meta.json')).read())
+    m.update(tokenizer='char', chars=''.join(chr(66 + i) for i in range(VOCAB)))
+    open(os.path.join(other, 'meta.json'), 'w').write(json.dumps(m))
+    error_of(lambda: run(other, tmp_path / 'z', arm='hpr', base_ckpt=str(tmp_path / 'cbase' / 'ckpt.pt'), max_iters=1),
+             match=r"characters in only one of them: 'Aq'")
     wide = write_dataset(tmp_path / 'wide', vocab=VOCAB + 16)
     error_of(lambda: run(wide, tmp_path / 'y', arm='hpr', base_ckpt=base_run['ckpt'], max_iters=1),
              match=r"has 64 token ids but the model only 48")
@@ -2172,7 +2191,7 @@ def test_each_process_holds_only_its_projections(ddp_runs, base_run):
     width, f = len(ck['keep']['D']), ck['keep']['F'].shape[1]
     assert flops == {n: sum(pc.matrix_flops(*s, out_first=pc.out_first_is_cheaper(*s)))
                      for n, p in base.named_parameters() if p.dim() == 2
-                     for s in [pc.projection_shape(n, *p.shape, width, f)]}
+                     for s in [costs.projection_shape(n, *p.shape, width, f)]}
     load = [sum(c for n, c in flops.items() if ck['owner'][n] == k) for k in (0, 1)]
     assert abs(load[0] - load[1]) <= max(flops.values())          # balanced to within one matrix
     for k, file in enumerate(ck['shards']):
@@ -2354,16 +2373,21 @@ def test_compare_bad_options(tmp_path):
     cases = [(['--levels=abc'], r"--levels=abc and --budgets=.* comma-separated"),
              (['--levels=0.5,1.5'], r"strictly between 0 and 1"),
              (['--budgets=0'], r"--budgets, --last_steps and --jobs must be positive"),
-             (['--last_steps=x'], r"last_steps='x' in the command line should be a int"),
+             (['--last_steps=x'], r"last_steps='x' in the command line should be an int"),
              (['--early=yes'], r"early='yes' in the command line should be True or False"),
              (['--mid=1'], r"mid=1 in the command line should be True or False"),
              (['--lrs=fast'], r"--lrs=fast should be 'tuned' or comma-separated rates"),
              (['--lrs=-1'], r"rates must be positive"),
+             (['--lrs=1e999'], r"--lrs=1e999: rates must be positive, finite"),
              (['--importance=magnitude,weights'], r"--importance=magnitude,weights: use"),
              (['--compression=0.3'], r"--compression is set by compare.py .*--levels"),
              (['--learning_rate=0.1'], r"--learning_rate is set by compare.py .*--lrs"),
              (['--base.out_dir=x'], r"--base\.out_dir .*--base_dir"),
-             (['--n_layerz=2'], r"unknown config key 'n_layerz'"),
+             (['--n_layerz=2'], r"unknown option --n_layerz: neither a compare.py option nor a train.py setting; did you mean --n_layer"),
+             (['--base.bogus=1'], r"unknown option --base\.bogus: neither"),
+             (['--seed'], r"'--seed' should look like --seed=value"),
+             (['--distill_alpha=2.0'], r"distill_alpha=2\.0 must be in \[0, 1\]"),   # before any base trains
+             (['--pc_naive=True'], r"pc_naive=True is PC's naive forward; drop it for arm=hpr"),
              (['--proj_dtype=half'], r"proj_dtype='half'"),
              (['--base.dataset=shakespeare_char'], r"pass the dataset to both"),
              ([f'--base={tmp_path / "none.pt"}'], r"--base races from the given checkpoint only"),
@@ -3137,8 +3161,8 @@ def test_sample_bad_inputs(tmp_path):
     error_of(run_sample, ok, '--temperature=1e-40', match=r"must be at least 0\.001 .*--top_k=1")
     error_of(run_sample, ok, f'--seed={2 ** 70}', match=r"--seed=\d+ must be in")
     error_of(run_sample, ok, f'--start=FILE:{tmp_path / "none.txt"}', match=r"could not read the prompt file")
-    error_of(sample.parse_args, ['--topk=5'], match=r"unknown config key 'topk'.*did you mean 'top_k'")
-    error_of(sample.parse_args, ['--top_k=five'], match=r"top_k='five' in the command line should be a int")
+    error_of(sample.parse_args, ['--topk=5'], match=r"unknown setting 'topk'.*did you mean 'top_k'")
+    error_of(sample.parse_args, ['--top_k=five'], match=r"top_k='five' in the command line should be an int")
     error_of(sample.parse_args, ['start=abc'], match=r"should look like --key=value")
     error_of(run_sample, ok, '--temperature=0', match=r"--temperature=0\.0 must be at least 0\.001")
     error_of(run_sample, match=r"give --init_from=")

@@ -1,4 +1,4 @@
-"""
+r"""
 Train a GPT: a base from scratch (arm=base), or a compressed model from a base by Projected
 Compression (arm=pc) or by hard pruning and retraining (arm=hpr).
 
@@ -100,7 +100,7 @@ early_ckpt_frac = 0.0       # also keep ckpt_early.pt at this fraction of traini
 # system
 device = 'auto'             # auto | cpu | cuda | cuda:N
 compile = False             # torch.compile the trained GPT (CUDA)
-peak_flops = 0.0            # hardware FLOP/s for MFU; 0: 989e12 on an H100, 312e12 on other CUDA, none on CPU
+peak_flops = 0.0            # hardware FLOP/s for MFU; 0: infra/processes.PEAK_FLOPS (H100, H200, A100), else no MFU
 seed = 1337
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith('_') and isinstance(v, (bool, int, float, str))}
@@ -233,7 +233,7 @@ def evaluate_and_save(r):
                          f"{r.ckpt_path} is kept; lower learning_rate or check the data")
     r.best_val = min(r.best_val, r.val)
     record = dict(kind='eval', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val)
-    if r.world > 1:   # every process must hold the same compressed GPT (PC: after share_weights)
+    if r.world > 1:   # every process must hold the same compressed GPT (PC: after broadcast_wc)
         record['ranks_agree'] = processes.ranks_agree(r.model.parameters(), r.world)
     log(r, record)
     if r.world > 1 and not record['ranks_agree']:
@@ -344,10 +344,6 @@ class Run:
             print(*a, **k)
 
 
-# dense bf16 FLOP/s of one GPU, for MFU (peak_flops=... for others)
-PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
-
-
 def setup(cfg):
     """The Run: settings checked, processes joined and in agreement, data, model, optimizer, and
     where the run stands (fresh, or from its checkpoint)."""
@@ -406,8 +402,7 @@ def setup(cfg):
                data_position=r.train_batches.state_dict(), checkpoint=(resume or {}).get('saved')), world)
     r.stop = c.stop_iter if c.stop_iter > r.it else -1   # a stop already reached is no stop
     r.early_iter = int(c.early_ckpt_frac * r.total) if c.early_ckpt_frac else -1
-    gpu = torch.cuda.get_device_name() if r.device_type == 'cuda' else ''
-    r.peak = c.peak_flops or next((f for name, f in PEAK_FLOPS.items() if name in gpu), 0.0)
+    r.peak = c.peak_flops or processes.peak_flops(r.device_type)
     if r.master:
         files.open_log(c.out_dir, r.log_path, r.it, resume is not None)
     r.say(f"arm={c.arm}: model {r.n_model:,} params ({r.n_trainable:,} trained), {world} process(es) on "

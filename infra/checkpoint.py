@@ -230,7 +230,7 @@ def load_projected(path, map_location='cpu'):
     in this process), with its W_c materialized."""
     ckpt = load_checkpoint(path, map_location)
     if ckpt.get('kind') != 'pc':
-        raise SystemExit(f"error: '{path}' is not a PC checkpoint; use gpt.load_gpt for a plain GPT")
+        raise SystemExit(f"error: '{path}' is not a PC checkpoint; use infra/checkpoint.load_gpt for a plain GPT")
     if not os.path.exists(ckpt['base_ckpt']) or base_sha256(ckpt['base_ckpt']) != ckpt['base_sha256']:
         raise SystemExit(f"error: the base {ckpt['base_ckpt']} that '{path}' was trained from is "
                          f"missing or has changed")
@@ -254,6 +254,9 @@ RESUME_MAY_CHANGE = ('out_dir', 'init_from', 'stop_iter', 'eval_interval', 'log_
 def check_resume(r, resume):
     """A resume continues the same run: same arm and every setting that shapes what it computes."""
     c, cfg = r.c, r.cfg
+    if 'iter' not in resume or 'loader' not in resume or 'config' not in resume:   # merged.pt, an export
+        raise SystemExit(f"error: {r.ckpt_path} is a finished model, not a training checkpoint: nothing to "
+                         f"resume; use it as base_ckpt=, or sample from it")
     if resume['config']['arm'] != c.arm:
         raise SystemExit(f"error: {r.ckpt_path} is an arm={resume['config']['arm']} run; "
                          f"resume it with --arm={resume['config']['arm']}")

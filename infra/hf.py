@@ -47,7 +47,7 @@ def hf_config(cfg, tokenizer=None):
         **({'architectures': ['GPT2LMHeadModel']} if ok else {}),
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff,
-        activation_function='gelu_pytorch_tanh',   # nn.GELU(approximate='tanh'), what this file runs
+        activation_function='gelu_pytorch_tanh',   # nn.GELU(approximate='tanh'), what gpt.py's MLP runs
         layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_embeddings,
         resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
         head_dim=cfg.head_dim, bias=cfg.bias, tokenizer=dict(tokenizer or {}))

@@ -1,8 +1,9 @@
 """
 Processes under torchrun: starting and leaving together, agreeing on what they run, which process
 owns which projection, and what they exchange beyond DDP's gradient averaging (the new W_c, and the
-gradient norm of the projections for clipping). A reader of the method may skip this file: with one
-process every function here is the identity or a no-op, and training is train.py's loop alone.
+gradient norm of the projections for clipping), and the GPU's peak FLOP/s for MFU. A reader of the method may skip this file: with one
+process each function here is a no-op or what single-process code does anyway (one owner of every
+projection, torch's own gradient clipping), and training is train.py's loop alone.
 """
 import ctypes
 import hashlib
@@ -16,13 +17,14 @@ import torch
 import torch.distributed as dist
 
 import costs
+from infra import settings
 
 
 def start_processes(c):
     """(rank, world, device): one process, or this process's place under torchrun (nccl on CUDA,
     gloo on CPU)."""
     world = int(os.environ.get('WORLD_SIZE', 1))
-    dev = ('cuda' if torch.cuda.is_available() else 'cpu') if c.device == 'auto' else c.device
+    dev = settings.resolve_device(c.device)
     if c.grad_accum % world:
         raise SystemExit(f"error: grad_accum={c.grad_accum} must be a multiple of the {world} processes")
     if 'RANK' not in os.environ:
@@ -38,6 +40,16 @@ def start_processes(c):
     dist.init_process_group(backend='cpu:gloo,cuda:nccl' if dev.startswith('cuda') else 'gloo',
                             timeout=timedelta(minutes=10))
     return int(os.environ['RANK']), world, dev
+
+
+# dense bf16 FLOP/s of one GPU, for MFU (peak_flops=... for others)
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12}
+
+
+def peak_flops(device_type):
+    """This process's GPU's peak FLOP/s, as far as PEAK_FLOPS knows it (0: unknown, or a CPU)."""
+    gpu = torch.cuda.get_device_name() if device_type == 'cuda' else ''
+    return next((f for name, f in PEAK_FLOPS.items() if name in gpu), 0.0)
 
 
 def die_with_launcher():
@@ -61,10 +73,9 @@ def leave_group():
 
 def assign_owners(matrices, world, base_bytes=4):
     """{matrix name: the process that owns its projection}, in the order of `matrices` (costs.py's
-    matrix_costs). The matrices go
-    out largest FLOPs first, each to the process whose larger load grows least: its share of all the
-    projection FLOPs, or of all the projection bytes (base slice, P and R with their gradients and
-    AdamW moments, the saved intermediate). FLOPs alone would leave the processes holding the big
+    matrix_costs). The matrices go out largest FLOPs first, each to the process whose larger load
+    grows least: its share of all the projection FLOPs, or of all the projection bytes (base slice,
+    P and R with their gradients and AdamW moments, the saved intermediate). FLOPs alone would leave the processes holding the big
     embedding slices with far more memory than the others."""
     flops = {n: c['fwd'] + c['bwd'] for n, c in matrices.items()}
     nbytes = {n: costs.matrix_bytes(c, base_bytes) for n, c in matrices.items()}

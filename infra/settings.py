@@ -7,7 +7,7 @@ the method may skip this file: it only turns a command line into a dict, or into
 
 One set of rules for every value: a setting takes the type of its default. A string takes the text as
 it is ('--start=ROMEO:'; a quoted Python string is unquoted); an int a Python int literal; a float any
-number ('1e-3', '2', 'inf' is refused later as not finite); a bool True/true/False/false, and a bare
+number ('1e-3', '2'; 'inf' and 'nan' are numbers that train.py's checks refuse as not finite); a bool True/true/False/false, and a bare
 '--key' means True. An unknown key, a wrong type or a malformed argument is one line, before any work.
 """
 import ast
@@ -30,8 +30,9 @@ def checked(key, value, defaults, where, text=None):
     """value as the setting `key` takes it, or one line. text: the command line's own spelling."""
     if key not in defaults:
         close = difflib.get_close_matches(key, defaults, n=1)
-        raise SystemExit(f"error: unknown config key '{key}' in {where}"
-                         + (f"; did you mean '{close[0]}'?" if close else f" (the keys: {', '.join(defaults)})"))
+        shown = [k for k in defaults if not k.startswith('_')]   # (_name: internal)
+        raise SystemExit(f"error: unknown setting '{key}' in {where}"
+                         + (f"; did you mean '{close[0]}'?" if close else f" (the settings: {', '.join(shown)})"))
     want = type(defaults[key])
     if want is str and text is not None and not isinstance(value, str):
         value = text   # a string setting takes the text as it is: --start=123, --dataset=3
@@ -39,8 +40,13 @@ def checked(key, value, defaults, where, text=None):
         value = text == 'true'
     if want is float and type(value) is int:
         value = float(value)
+    if want is float and isinstance(value, str):
+        try:   # inf, nan, 1e999: a number, which check_train then refuses as not finite
+            value = float(value)
+        except ValueError:
+            pass
     if type(value) is not want:
-        rule = 'be True or False' if want is bool else f'be a {want.__name__}'
+        rule = 'be True or False' if want is bool else 'be an int' if want is int else f'be a {want.__name__}'
         raise SystemExit(f"error: {key}={value!r} in {where} should {rule}")
     return value
 
@@ -54,7 +60,8 @@ def parse(argv, defaults, config_files=True, rest=False, doc=None):
     if '--help' in argv or '-h' in argv:
         print((doc or '').strip() + '\n\nsettings (--key=value):')
         for k, v in defaults.items():
-            print(f"  --{k}={v!r}")
+            if not k.startswith('_'):
+                print(f"  --{k}={v!r}")
         raise SystemExit(0)
     cfg, overrides, files, unknown = dict(defaults), {}, [], []
     for arg in argv:
@@ -64,9 +71,7 @@ def parse(argv, defaults, config_files=True, rest=False, doc=None):
             files.append(arg)
             continue
         key, eq, text = arg[2:].partition('=')
-        if rest and key not in defaults:
-            if not eq:
-                raise SystemExit(f"error: '{arg}' should look like --{key}=value")
+        if rest and key not in defaults:   # the caller's to pass on (or refuse)
             unknown.append(arg)
             continue
         if not eq:
@@ -82,7 +87,8 @@ def parse(argv, defaults, config_files=True, rest=False, doc=None):
         overrides[key] = checked(key, value, defaults, 'the command line', text)
     for path in files:
         if not os.path.isfile(path):
-            raise SystemExit(f"error: config file '{path}' not found (see config/ for examples)")
+            hint = f"; for a setting, write --{path}" if '=' in path else ''
+            raise SystemExit(f"error: config file '{path}' not found (see config/ for examples){hint}")
         before = {**cfg, **overrides}
         ns = dict(before)
         try:
@@ -137,7 +143,7 @@ def check_prepared(dataset):
 POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval',
             'importance_batches', 'width_multiple', 'learning_rate', 'distill_temperature')
 NOT_NEGATIVE = ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter', 'warmup_iters', 'compressed_n_embd',
-                'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops', 'head_dim', 'seed')
+                'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops', 'head_dim', 'd_ff', 'seed')
 MODEL_SHAPE = ('n_layer', 'n_head', 'n_embd', 'head_dim', 'd_ff', 'bias', 'tie_embeddings')   # or a preset
 BELOW_ONE = ('beta1', 'beta2', 'dropout', 'early_ckpt_frac', 'compression')   # in [0, 1)
 CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS, proj_dtype=('auto', *PROJ_DTYPES))
@@ -184,6 +190,8 @@ def check_train(cfg, defaults):
         raise SystemExit(f"error: give exactly one of max_iters, max_tokens, tokens_per_param (now: "
                          f"{', '.join(f'{k}={v}' for k, v in lengths.items()) or 'none'}); "
                          f"set the others to 0, e.g. --tokens_per_param=0")
+    if cfg['pc_naive'] and cfg['arm'] != 'pc':
+        raise SystemExit(f"error: pc_naive=True is PC's naive forward; drop it for arm={cfg['arm']}")
     if cfg['distill_alpha'] and cfg['arm'] == 'base':
         raise SystemExit("error: distillation needs a teacher: use it with arm=pc or arm=hpr (the base is the teacher)")
     return SimpleNamespace(**cfg)
@@ -193,8 +201,13 @@ def check_tokenizer(model_tokenizer, data_tokenizer, model_name, dataset):
     """A model trained on one tokenizer's ids cannot read another's: refuse when both are known."""
     if model_tokenizer and data_tokenizer and model_tokenizer != data_tokenizer:
         what = lambda t: t['tokenizer'] + (f" ({len(t.get('chars', ''))} characters)" if 'chars' in t else '')
+        a, b = (str(t.get('chars', '')) for t in (model_tokenizer, data_tokenizer))
+        only = sorted(set(a) ^ set(b))
+        differ = ('' if model_tokenizer.get('tokenizer') != 'char' or data_tokenizer.get('tokenizer') != 'char'
+                  else f" (characters in only one of them: {''.join(only[:20])!r})" if only
+                  else " (the same characters, numbered in another order)")
         raise SystemExit(f"error: {model_name} reads {what(model_tokenizer)} tokens but dataset {dataset} is "
-                         f"{what(data_tokenizer)} tokens; prepare the data with the model's tokenizer "
+                         f"{what(data_tokenizer)} tokens{differ}; prepare the data with the model's tokenizer "
                          f"(GPT-2 BPE: data/shakespeare, data/c4)")
 
 
