@@ -1238,6 +1238,37 @@ def test_parse_args_config_file_and_overrides(tmp_path):
         assert train.parse_args([shipped])['arm'] == 'base'
 
 
+def test_one_settings_parser_for_every_script(capsys):
+    """infra/settings.parse's rules, the same for every script: a string takes the text as it is, a
+    float any number (inf too, for the checks to refuse), a bool only True/true/False/false or a bare
+    --flag; --help prints the script's docstring and every setting but the internal ones, and exits 0."""
+    defaults = dict(name='x', n=1, rate=0.5, flag=False, _internal='')
+    parse = lambda argv: settings.parse(argv, defaults, config_files=False, doc='What this script does.')
+    assert parse(['--name=123', '--n=7', '--rate=2', '--flag']) == dict(name='123', n=7, rate=2.0, flag=True, _internal='')
+    assert parse(['--flag=false', "--name='quoted'"])['flag'] is False and parse(["--name='quoted'"])['name'] == 'quoted'
+    assert parse(['--rate=inf'])['rate'] == float('inf')
+    error_of(parse, ['--flag=yes'], match=r"flag='yes' in the command line should be True or False")
+    error_of(parse, ['--n'], match=r"'--n' should look like --n=value")
+    error_of(parse, ['--zz=1'], match=r"unknown setting 'zz' in the command line \(the settings: name, n, rate, flag\)$")
+    error_of(parse, ['config.py'], match=r"'config.py' should look like --key=value")
+    for script in (parse, train.parse_args, sample.parse_args, bench.parse_args, compare.parse_options):
+        with pytest.raises(SystemExit) as e:
+            script(['--help'])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert 'settings (--key=value):' in out and '_internal' not in out and '_memory_arm' not in out
+    assert out.startswith(compare.__doc__.strip()[:40])
+    assert parse_help_lists(capsys, parse) == ['--name=\'x\'', '--n=1', '--rate=0.5', '--flag=False']
+
+
+def parse_help_lists(capsys, parse):
+    with pytest.raises(SystemExit):
+        parse(['--help'])
+    out = capsys.readouterr().out
+    assert out.startswith('What this script does.')
+    return [line.strip() for line in out.split('settings (--key=value):')[1].splitlines() if line.strip()]
+
+
 def test_parse_args_errors(tmp_path):
     parse = train.parse_args
     msg = error_of(parse, ['--n_layers=3'], match=r"unknown setting 'n_layers'")
@@ -1600,7 +1631,7 @@ def test_magnitude_importance_by_hand(tied):
                            select(importance(m, 'magnitude_scaled'), 16, 64)['D'])
 
 
-def test_run_lengths_tokens_and_mfu(dataset, base_run, tmp_path):
+def test_run_lengths_tokens_and_mfu(dataset, base_run, tmp_path, capsys):
     """A run's length from max_tokens or tokens_per_param (rounded up to whole steps), the tokens and
     epochs its records count, and MFU from peak_flops: the model's FLOPs per token times each
     process's tokens per second over the peak."""
@@ -1617,8 +1648,14 @@ def test_run_lengths_tokens_and_mfu(dataset, base_run, tmp_path):
         flops = gpt.flops_per_token(load_gpt(os.path.join(tmp_path / 'tok', 'ckpt.pt')).config, TINY['block_size'])
         assert r['mfu'] == pytest.approx(flops * r['tok_per_s_per_process'] / 1e9)
         assert r['tok_per_s_per_process'] == r['tok_per_s']
-    s = run(dataset, tmp_path / 'tpp', arm='base', max_iters=0, tokens_per_param=0.02, eval_interval=100)
-    assert s['iters'] == math.ceil(0.02 * n_model / (per_iter // 2))
+    capsys.readouterr()
+    s = run(dataset, tmp_path / 'tpp', arm='base', max_iters=0, tokens_per_param=0.1, eval_interval=100)
+    assert s['iters'] == math.ceil(0.1 * n_model / (per_iter // 2))
+    # the start line says the length in every unit: iterations, tokens and tokens per parameter
+    first = capsys.readouterr().out.splitlines()[0]
+    tokens = s['iters'] * (per_iter // 2)
+    assert f"{n_model:,} params" in first and f"{s['iters']} iters = {tokens:,} tokens " \
+        f"({tokens / n_model:.1f} per model parameter)" in first and '(0.1 per model parameter)' in first, first
 
 
 def test_flops_per_token_by_hand():
