@@ -2313,6 +2313,17 @@ def test_workers_die_with_their_launcher(dataset, tmp_path):
             proc.kill()
 
 
+def test_fingerprints_see_dtype_and_shape():
+    """Two processes agree only on the same tensors: the same bytes as another dtype or shape, or in
+    another order of a list, is another fingerprint; dict keys are read in sorted order."""
+    fp = processes.fingerprint
+    assert fp(torch.zeros(4)) == fp(torch.zeros(4))
+    assert fp(torch.zeros(4)) != fp(torch.zeros(2, 2))
+    assert fp(torch.zeros(4, dtype=torch.float32)) != fp(torch.zeros(4, dtype=torch.int32))
+    assert fp([torch.ones(2), torch.zeros(2)]) != fp([torch.zeros(2), torch.ones(2)])
+    assert fp(dict(a=1, b=torch.ones(1))) == fp(dict(b=torch.ones(1), a=1)) != fp(dict(a=2, b=torch.ones(1)))
+
+
 def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
     """Processes started with different settings (here the second with another seed, hence other
     kept dimensions) all stop with one message and a non-zero exit, in bounded time, instead of
