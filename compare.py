@@ -36,6 +36,7 @@ import torch
 import gpt
 import pc
 import train
+from data.loader import meta
 from infra import checkpoint, hf, settings
 
 # ---- compare.py's own settings ----
@@ -149,7 +150,7 @@ def check_run(cfg):
     """Every setting train.py would refuse, refused now, before any run trains (train.py's own checks)."""
     settings.check_train(cfg, train.DEFAULTS)
     if cfg['dataset'] != 'shakespeare_char':   # the embedded one is prepared here if missing
-        settings.check_prepared(cfg['dataset'])
+        meta(settings.data_folder(cfg['dataset']))   # the loader's own line if it is not prepared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ def main(argv):
 
     # 1. the embedded dataset, prepared if missing
     if (items[0][1]['dataset'] == 'shakespeare_char'
-            and not os.path.isfile(os.path.join(HERE, 'data', 'shakespeare_char', 'meta.json'))):
+            and not os.path.isfile(os.path.join(settings.data_folder('shakespeare_char'), 'meta.json'))):
         print("== preparing data/shakespeare_char")
         from data.shakespeare_char import prepare
         prepare.main()

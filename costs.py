@@ -54,12 +54,18 @@ def matrix_costs(shapes, n_embd, d_ff):
     return costs
 
 
+def saved_elements(cost, base_bytes=4):
+    """Elements autograd saves for one projection's backward (a matrix_costs entry, or a sum of
+    them), in the projection dtype: the intermediate, and in bfloat16 (base_bytes 2) also the copy
+    of the second matmul's P."""
+    return cost['inter'] + (cost['second_p'] if base_bytes < 4 else 0)
+
+
 def matrix_bytes(cost, base_bytes=4):
     """Bytes one matrix's projection holds (a matrix_costs entry): its frozen base slice and what the
-    backward saves, in the projection dtype (base_bytes: 4 float32, 2 bfloat16: then a copy of the
-    second matmul's P too); P and R in float32 with gradients and AdamW's two moments (16 B each)."""
-    saved = cost['inter'] + (cost['second_p'] if base_bytes < 4 else 0)
-    return base_bytes * (cost['frozen'] + saved) + 16 * (cost['p'] + cost['r'])
+    backward saves, in the projection dtype (base_bytes: 4 float32, 2 bfloat16); P and R in float32
+    with gradients and AdamW's two moments (16 B each)."""
+    return base_bytes * (cost['frozen'] + saved_elements(cost, base_bytes)) + 16 * (cost['p'] + cost['r'])
 
 
 def model_costs(base_cfg, small_cfg):
@@ -98,8 +104,8 @@ def static_memory(base_cfg, small_cfg, world=1, base_bytes=4):
     vectors_c = n_small - sum(s['r'] for s in shares)
     parts = max((dict(frozen_base=base_bytes * s['frozen'], projections=8 * s['p'], residuals=8 * s['r'],
                       optimizer_state=8 * (s['p'] + s['r'] + vectors_c), model_params_grads=8 * n_small,
-                      # W_c itself is the GPT's matrices; in bfloat16 autograd also keeps P's bf16 copies
-                      saved_projection_graph=base_bytes * (s['inter'] + (s['second_p'] if base_bytes < 4 else 0)))
+                      # W_c itself is the GPT's matrices
+                      saved_projection_graph=base_bytes * saved_elements(s, base_bytes))
                  for s in shares), key=lambda d: sum(d.values()))
     pc_bytes = sum(parts.values())
     return dict(base_bytes=16 * n_base, hpr_bytes=16 * n_small, pc_bytes=pc_bytes, pc_parts=parts,

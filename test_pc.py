@@ -1682,6 +1682,20 @@ def test_resume_between_log_records(dataset, base_run, tmp_path):
         assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
 
 
+def test_resume_refuses_another_resolved_proj_dtype(dataset, base_run, tmp_path):
+    """proj_dtype=auto is float32 on CPU and bfloat16 on CUDA: a PC run resumed where auto means
+    another dtype than its checkpoint's would compute something else, so it is refused."""
+    out = tmp_path / 'pc'
+    pc_run = dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **ARM_LEN)
+    run(dataset, out, stop_iter=3, **pc_run)
+    ck = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ck['proj_dtype'] == 'float32' and ck['config']['proj_dtype'] == 'auto'
+    ck['proj_dtype'] = 'bfloat16'   # as a checkpoint written on CUDA
+    torch.save(ck, out / 'ckpt.pt')
+    error_of(lambda: run(dataset, out, init_from='resume', **pc_run),
+             match=r"trained with other settings: proj_dtype='float32' \(checkpoint: 'bfloat16'\)")
+
+
 def test_a_finished_model_is_not_resumed(dataset, base_run, tmp_path):
     """A merged.pt (or any plain model file) put where a run's ckpt.pt goes is one line saying it is
     a finished model, whatever arm is asked, not a line about the arm or proj_dtype."""
@@ -2210,6 +2224,17 @@ def test_two_processes_match_one(ddp_runs):
                 assert torch.equal(c1['keep'][k], c2['keep'][k])
             m1, m2 = (load_ckpt(d / f'{n}_pc', 'merged.pt')['model'] for n in ('one', 'two'))
             assert_same_tensors(drop_key_bias(m1), drop_key_bias(m2), atol=1e-5)
+
+
+def test_owners_balance_bytes_as_well_as_flops():
+    """assign_owners, by hand: largest FLOPs first, each matrix to the process whose larger share
+    (of all projection FLOPs, or of all projection bytes) grows least. The last matrix here is cheap
+    in FLOPs and big in bytes: by FLOPs alone it would go to process 0, which already holds the
+    other big one; by the larger share it goes to process 1."""
+    m = lambda flops, nbytes: dict(fwd=flops, bwd=0, frozen=nbytes // 4, inter=0, second_p=0, p=0, r=0)
+    matrices = dict(a=m(100, 400), b=m(60, 4), c=m(40, 4), d=m(1, 400))
+    assert processes.assign_owners(matrices, 2) == dict(a=0, b=1, c=1, d=1)
+    assert processes.assign_owners(matrices, 1) == dict(a=0, b=0, c=0, d=0)
 
 
 def test_each_process_holds_only_its_projections(ddp_runs, base_run):

@@ -12,8 +12,8 @@ On CUDA: bf16 autocast, TF32, optional torch.compile, nccl; on CPU: float32, glo
 
 The file reads top to bottom: the settings; the schedule and the loss; one training step; the loop;
 then how a run is built (the model of each arm). What PC adds to a plain training loop is three
-lines: pc.materialize() before the step's micro-batches, pc.backward_projections() after them, and
-the optimizer over P and R instead of the matrices. Under torchrun every process trains on its own
+lines: projected.materialize() before the step's micro-batches, projected.backward_projections()
+after them, and the optimizer over P and R instead of the matrices (projected: a pc.ProjectedGPT). Under torchrun every process trains on its own
 micro-batches of each global batch and DDP averages the gradients; for PC each process also owns a
 share of the projections and sends its new W_c to the others (infra/processes.py), so the
 projection work and memory are divided by the number of processes. Checkpoints, resume, locks and
@@ -465,15 +465,15 @@ def choose_dimensions(r, base, data_dir):
     widths = dict(compression=c.compression or None, n_embd=c.compressed_n_embd or None,
                   d_ff=c.compressed_d_ff or None, multiple_of=c.width_multiple)
     small, achieved = pc.compressed_config(base.config, **widths)
-    keep = [None]
+    keep = None
     if r.master:
         calib = (fixed_batches(data_dir, 'train', c.block_size, c.batch_size, c.importance_batches,
                                seed=c.seed) if c.importance.startswith('activation') else None)
-        keep = [pc.select(pc.importance(base, c.importance, calib, seed=c.seed), small.n_embd, small.d_ff)]
+        keep = pc.select(pc.importance(base, c.importance, calib, seed=c.seed), small.n_embd, small.d_ff)
     keep = processes.from_rank0(keep, r.world)
     r.say(f"compressing to n_embd={small.n_embd}, d_ff={small.d_ff}: "
           f"{achieved:.1%} of the base's parameters removed (asked {c.compression or 'widths'})")
-    return keep[0]
+    return keep
 
 
 if __name__ == '__main__':

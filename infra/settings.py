@@ -131,14 +131,6 @@ def data_folder(dataset):
     return dataset if os.sep in dataset else os.path.join(HERE, 'data', dataset)
 
 
-def check_prepared(dataset):
-    folder = data_folder(dataset)
-    if not os.path.isfile(os.path.join(folder, 'meta.json')):
-        raise SystemExit(f"error: dataset '{dataset}' is not prepared ({folder}/meta.json missing); "
-                         f"run its data/<name>/prepare.py first")
-    return folder
-
-
 # What the numeric settings must be, checked before any work.
 POSITIVE = ('block_size', 'batch_size', 'grad_accum', 'eval_interval', 'eval_iters', 'log_interval',
             'importance_batches', 'width_multiple', 'learning_rate', 'distill_temperature')
