@@ -10,11 +10,14 @@ config/compare_shakespeare_char.py, next to the command that finds them again).
     python compare.py --lrs=0.001                       # both arms at one shared rate
     python compare.py --importance=magnitude,activation,random   # one race per importance score
     python compare.py --base=out/some_base/ckpt.pt      # race from an existing base instead of training one
+    python compare.py --eval_tasks=piqa,wikitext        # also score every raced run with lm-eval (eval.py)
 
 It prepares data/shakespeare_char and trains the base of config/base_shakespeare_char.py if they are
 missing, trains PC and HPR for every level x base x budget x importance x learning rate, then writes
 compare.md (tables shaped like the paper's Table 1), compare.json and compare.png (and compare_lr.png
-for a sweep) into out_dir. Finished runs are reused: a run counts as finished when its summary.json
+for a sweep) into out_dir. With --eval_tasks, each raced run's final model (a PC run's merged.pt, an HPR
+run's ckpt.pt) and each base is also scored by lm-eval through eval.py, and compare.md gets a table
+of those scores (kept in each run's eval.json, and reused while the model and the tasks are the same). Finished runs are reused: a run counts as finished when its summary.json
 records exactly the asked settings and the ckpt.pt beside it is at the summary's last step.
 
 Options: compare.py's own, below, as --key=value. Any other --key=value is a train.py setting for
@@ -37,7 +40,7 @@ import gpt
 import pc
 import train
 from data.loader import meta
-from infra import checkpoint, hf, settings
+from infra import checkpoint, files, hf, settings
 
 # ---- compare.py's own settings ----
 levels = '0.5'                # compression levels: the fraction of the base's parameters removed
@@ -52,13 +55,17 @@ mid = False                   # also race from the final base's checkpoint at a 
 base = ''                     # race from this base checkpoint instead of training one
 last_steps = 100              # the paper's measure: training loss averaged over the last N steps
 jobs = 1                      # training processes at once (>1: child processes, one thread each)
+eval_tasks = ''                # lm-eval tasks scored on every raced arm run and base (eval.py), e.g. piqa,wikitext
+eval_limit = 0                # at most this many examples per task (0: all)
+eval_include_path = ''        # a folder of your own lm-eval task YAML files
 base_config = 'config/base_shakespeare_char.py'
 arm_config = 'config/compare_shakespeare_char.py'
 base_dir = ''                 # where the base lives; '' = the out_dir of base_config
 out_dir = 'out/compare'
 
 OWN = dict(levels=levels, budgets=budgets, lrs=lrs, importance=importance, early=early, mid=mid,
-           base=base, last_steps=last_steps, jobs=jobs, base_config=base_config,
+           base=base, last_steps=last_steps, jobs=jobs, eval_tasks=eval_tasks, eval_limit=eval_limit,
+           eval_include_path=eval_include_path, base_config=base_config,
            arm_config=arm_config, base_dir=base_dir, out_dir=out_dir)
 # train.py settings that compare.py sets for every arm run itself, and the option that sets them
 SET_HERE = dict(arm='compare.py runs both arms', base_ckpt='use --base=<checkpoint>',
@@ -295,6 +302,7 @@ def run_name(cfg, level, base_label, iters, arm):
 def main(argv):
     opts, arm_args, base_args = parse_options(argv)
     lv, bud, rates, imps = checked_lists(opts)
+    eval_cfg = eval_settings(opts)
     for path in (opts['base_config'], opts['arm_config']):
         if not os.path.isfile(path):
             raise SystemExit(f"error: config file '{path}' not found (see config/)")
@@ -380,11 +388,14 @@ def main(argv):
                             **{k: s[k] for k in ('out_dir', 'tokens', 'val_loss', 'params', 'trainable_params')},
                             train_loss=last_steps_loss(s['out_dir'], opts['last_steps'])))
     race = best_rates(results)
+    base_evals = downstream_scores(race, bases, eval_cfg, opts) if eval_cfg else None
 
     # 4. tables and figures
     os.makedirs(opts['out_dir'], exist_ok=True)
     info = {b: describe_base(path, base_summaries.get(b)) for b, path in bases}
     md = tables(results, race, info, opts, swept=len(rates) > 1)
+    if eval_cfg:
+        md += downstream_table(race, base_evals)
     if len(imps) > 1:
         md += kept_overlap(bases, lv, imps, items[0][1])
     with open(os.path.join(opts['out_dir'], 'compare.md'), 'w') as f:
@@ -410,6 +421,88 @@ def best_rates(results):
         race.append(dict(best, rates_tried=tried,
                          at_edge=len(tried) > 1 and best['lr'] in (tried[0], tried[-1])))
     return race
+
+
+def eval_settings(opts):
+    """eval.py's settings for --eval_tasks (None without it), its tasks checked now, before any run."""
+    if not opts['eval_tasks']:
+        return None
+    import eval as evaluation
+    if opts['eval_limit'] < 0:
+        raise SystemExit(f"error: --eval_limit={opts['eval_limit']} must not be negative (0: every example)")
+    cfg = evaluation.parse_args([f"--tasks={opts['eval_tasks']}", f"--limit={opts['eval_limit']}",
+                                 f"--include_path={opts['eval_include_path']}"])
+    evaluation.check(cfg, model_needed=False)
+    evaluation.task_names(evaluation.lm_eval_lib(), cfg)
+    return cfg
+
+
+def downstream_scores(race, bases, eval_cfg, opts):
+    """lm-eval scores of each raced run's final model (put in r['eval']) and of each base (returned,
+    by base label), reused from eval.json when the model file and the eval settings are the same."""
+    import eval as evaluation
+    asked = {k: eval_cfg[k] for k in ('tasks', 'limit', 'include_path', 'num_fewshot', 'seed')}
+
+    def scored(model_path, record):
+        sha = checkpoint.base_sha256(model_path)
+        if os.path.isfile(record):
+            with open(record) as f:
+                done = json.load(f)
+            if done.get('settings') == asked and done.get('model_sha256') == sha:
+                return done
+        print(f"== lm-eval ({eval_cfg['tasks']}) on {model_path}", flush=True)
+        results = evaluation.evaluate(dict(eval_cfg, model=model_path))
+        done = dict(settings=asked, model_sha256=sha, scores=evaluation.scores(results),
+                    higher_is_better=results.get('higher_is_better', {}), average_acc=results['average_acc'])
+        files.write_text(record, json.dumps(done, indent=1) + '\n')
+        return done
+
+    for r in race:
+        model = os.path.join(r['out_dir'], 'merged.pt' if r['arm'] == 'pc' else 'ckpt.pt')
+        r['eval'] = scored(model, os.path.join(r['out_dir'], 'eval.json'))
+    os.makedirs(opts['out_dir'], exist_ok=True)
+    return {b: scored(path, os.path.join(opts['out_dir'], f'eval_base_{b}.json')) for b, path in bases}
+
+
+def main_metric(rec, task):
+    """The metric a task is ranked by: acc if it reports one, else word_perplexity, else its first."""
+    metrics = rec['scores'][task]
+    for m in ('acc', 'word_perplexity'):
+        if m in metrics:
+            return m
+    return sorted(metrics)[0]
+
+
+def downstream_table(race, base_evals):
+    """Each raced run's lm-eval score per task (its main metric; best of each PC/HPR pair in bold)
+    and the mean accuracy, with each base's scores first."""
+    recs = [r['eval'] for r in race] + list(base_evals.values())
+    tasks = sorted({t for rec in recs for t in rec['scores']})
+    metric = {t: main_metric(next(rec for rec in recs if t in rec['scores']), t) for t in tasks}
+    higher = {t: recs[0]['higher_is_better'].get(t, {}).get(metric[t], True) for t in tasks}
+    has_acc = any(metric[t] == 'acc' for t in tasks)
+    head = ['importance', 'compression', 'base', 'arm', 'steps'] + [f"{t} ({metric[t]})" for t in tasks] + \
+           (['mean acc'] if has_acc else [])
+    lines = ["**Downstream (lm-eval through eval.py)**: each raced run's final model (PC: its merged model), "
+             "zero-shot; best of each PC/HPR pair in bold", '', '| ' + ' | '.join(head) + ' |',
+             '|' + '---|' * len(head)]
+    value = lambda rec, t: rec['scores'].get(t, {}).get(metric[t])
+    for b, rec in base_evals.items():
+        cells = [f"{value(rec, t):.4f}" if value(rec, t) is not None else '' for t in tasks]
+        lines.append(f"| | | {b} | base | | " + ' | '.join(cells + ([f"{rec['average_acc']:.4f}"] if has_acc else [])) + ' |')
+    pair = {(r['importance'], r['level'], r['base'], r['iters'], r['arm']): r for r in race}
+    for key in sorted(pair):
+        r = pair[key]
+        other = pair.get((*key[:4], 'hpr' if r['arm'] == 'pc' else 'pc'))
+        cells = []
+        for t in tasks + (['mean acc'] if has_acc else []):
+            mine = r['eval']['average_acc'] if t == 'mean acc' else value(r['eval'], t)
+            theirs = None if other is None else (other['eval']['average_acc'] if t == 'mean acc' else value(other['eval'], t))
+            better = theirs is None or (mine >= theirs if t == 'mean acc' or higher[t] else mine <= theirs)
+            cells.append('' if mine is None else f"**{mine:.4f}**" if better else f"{mine:.4f}")
+        lines.append(f"| {r['importance']} | {r['level']:.0%} | {r['base']} | {r['arm'].upper()} | {r['iters']} | "
+                     + ' | '.join(cells) + ' |')
+    return '\n'.join(lines + ['', ''])
 
 
 def describe_base(path, summary):

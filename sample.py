@@ -16,6 +16,7 @@ from contextlib import nullcontext
 
 import torch
 
+from data import tokenizer
 from infra import checkpoint, hf, settings
 
 # Defaults; each can be set with --key=value.
@@ -41,46 +42,11 @@ def load(init_from, device='cpu'):
     if not init_from:
         raise SystemExit("error: give --init_from=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
                          "gpt2-large / gpt2-xl>")
-    if os.path.isfile(init_from) or init_from.endswith('.pt'):
-        ckpt = checkpoint.load_checkpoint(init_from, device)
-        tokenizer = ckpt.get('tokenizer')
-        coder = codec(tokenizer if isinstance(tokenizer, dict) else {}, f"'{init_from}'")   # before any model
-        if ckpt.get('kind', 'gpt') == 'pc':   # a PC run: rebuilt over its base, merged into a GPT
-            model = checkpoint.load_projected(init_from, device).merge()
-        else:
-            model = checkpoint.gpt_from_checkpoint(ckpt, init_from)
-        return model, coder
-    if not os.path.isdir(init_from) and init_from not in hf.PRETRAINED:
+    if not os.path.exists(init_from) and not init_from.endswith('.pt') and init_from not in hf.PRETRAINED:
         raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
                          f"pretrained name ({', '.join(hf.PRETRAINED)})")
-    model, where = hf.load_pretrained(init_from)   # a model folder or a pretrained name
-    return model, codec(where['tokenizer'], f"'{init_from}'")
-
-
-def codec(tokenizer, where):
-    """(encode, decode) for a tokenizer dict as checkpoints carry it."""
-    kind = tokenizer.get('tokenizer')
-    if kind == 'char' and isinstance(tokenizer.get('chars'), str):
-        chars = tokenizer['chars']
-        stoi = {c: i for i, c in enumerate(chars)}
-
-        def encode(text):
-            unknown = sorted(set(text) - stoi.keys())
-            if unknown:
-                raise SystemExit(f"error: --start has characters the model's vocabulary lacks: "
-                                 f"{', '.join(map(repr, unknown[:10]))}; use only characters of its "
-                                 f"training text")
-            return [stoi[c] for c in text]
-        # an id past the vocabulary (a model wider than its data) prints as U+FFFD
-        return encode, lambda ids: ''.join(chars[i] if i < len(chars) else '\ufffd' for i in ids)
-    if kind == 'gpt2':
-        from data.tokenizer import gpt2
-        enc = gpt2()
-        encode = lambda text: enc.encode(text, allowed_special={'<|endoftext|>'}) if text else [enc.eot_token]
-        return encode, lambda ids: enc.decode([i for i in ids if i < enc.n_vocab])
-    raise SystemExit(f"error: {where} does not say which tokenizer it was trained with (a checkpoint from "
-                     f"before checkpoints kept it, or from a dataset whose meta.json names none); "
-                     f"train it again with the current train.py")
+    model, tok = checkpoint.load_model(init_from, device)
+    return model, tokenizer.codec(tok, f"'{init_from}'")
 
 
 def sample(cfg):

@@ -3073,6 +3073,12 @@ EXPORT_SHAPES = {'base': dict(), 'compressed': dict(n_embd=24, head_dim=8, d_ff=
                  'no_bias': dict(bias=False)}
 
 
+def export_files(shape):
+    """What an export of a character-level model holds: the weights and config; a shape
+    transformers' GPT-2 cannot hold also gets its modeling code."""
+    return sorted(['config.json', 'model.safetensors'] + ([] if shape == 'base' else list(hf.CODE_FILES)))
+
+
 @pytest.mark.parametrize('tied', [True, False])
 @pytest.mark.parametrize('shape', sorted(EXPORT_SHAPES))
 def test_export_round_trip(tmp_path, tied, shape):
@@ -3083,7 +3089,7 @@ def test_export_round_trip(tmp_path, tied, shape):
     m = tiny_gpt(11, tie_embeddings=tied, **EXPORT_SHAPES[shape])
     chars = ''.join(chr(ord('!') + i) for i in range(V))
     m.save_pretrained(str(tmp_path / 'm'), tokenizer={'tokenizer': 'char', 'chars': chars})
-    assert sorted(os.listdir(tmp_path / 'm')) == ['config.json', 'model.safetensors']
+    assert sorted(os.listdir(tmp_path / 'm')) == export_files(shape)
     back, info = checkpoint.load_base(str(tmp_path / 'm'))
     assert back.config == m.config
     assert (back.lm_head.weight is back.transformer.wte.weight) == tied
@@ -3093,33 +3099,132 @@ def test_export_round_trip(tmp_path, tied, shape):
     assert torch.equal(back(x, y)[0], m(x, y)[0])
     conf = json.loads((tmp_path / 'm' / 'config.json').read_text())
     assert conf['model_type'] == ('gpt2' if shape == 'base' else hf.WIDTHS_MODEL_TYPE)
+    assert ('auto_map' in conf) == (shape != 'base')
     m2 = tiny_gpt(12, tie_embeddings=tied, **EXPORT_SHAPES[shape])
     m2.save_pretrained(str(tmp_path / 'm'))
     states_equal(GPT.from_pretrained(str(tmp_path / 'm')), m2)
     assert checkpoint.load_base(str(tmp_path / 'm'))[1]['tokenizer'] == {}
-    assert sorted(os.listdir(tmp_path / 'm')) == ['config.json', 'model.safetensors']
+    assert sorted(os.listdir(tmp_path / 'm')) == export_files(shape)
+    assert sorted(os.listdir(tmp_path)) == ['m']   # no temporary folder left beside it
+
+
+def random_weights(m, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():   # every tensor random, as in hf_gpt2: zero biases would hide a misread one
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    return m.eval()
+
+
+def greedy(m, x, n):
+    """n greedy tokens after x, by gpt.py's forward alone (the last position's argmax)."""
+    for _ in range(n):
+        x = torch.cat([x, m(x)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    return x
 
 
 @pytest.mark.parametrize('tied', [True, False])
-def test_export_loads_in_transformers(tmp_path, tied):
-    """A base model's export loads in transformers' GPT2LMHeadModel with gpt.py's logits (within
-    1e-5); a compressed model's export is refused by transformers, not misread."""
+@pytest.mark.parametrize('shape', sorted(EXPORT_SHAPES))
+def test_export_loads_in_transformers(tmp_path, tied, shape):
+    """Every export loads in transformers with gpt.py's logits (within 1e-5, fp32) and greedy
+    generate() gives gpt.py's tokens: a base in GPT2LMHeadModel (no custom code), a compressed model
+    or one without biases through its own code with trust_remote_code=True. Without that flag
+    transformers refuses the custom code instead of running it or misreading the widths."""
     transformers = transformers_lib()
-    m = tiny_gpt(13, tie_embeddings=tied, d_ff=72)
-    with torch.no_grad():   # every tensor random, as in hf_gpt2
-        for p in m.parameters():
-            p.normal_(0, 0.2)
-    m.eval().save_pretrained(str(tmp_path / 'base'), tokenizer={'tokenizer': 'gpt2'})
-    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'base')).eval()
-    assert (hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()) == tied
+    m = random_weights(tiny_gpt(13, tie_embeddings=tied, **EXPORT_SHAPES[shape]), 13)
+    m.save_pretrained(str(tmp_path / 'e'))
+    if shape == 'base':
+        theirs = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'e')).eval()
+        assert type(theirs) is type(transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'e')))
+    else:
+        with pytest.raises(ValueError, match=r"trust_remote_code"):
+            transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'e'), trust_remote_code=False)
+        if shape == 'compressed':   # GPT-2's class cannot hold the widths: refused, not misread
+            with pytest.raises(RuntimeError, match=r"ignore_mismatched_sizes"):
+                transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'e'))
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'e'), trust_remote_code=True).eval()
+        assert type(theirs).__name__ == 'GPTWidthsForCausalLM'
+    assert (theirs.lm_head.weight.data_ptr() == theirs.transformer.wte.weight.data_ptr()) == tied
     x, _ = batch(13)
-    same_function(m, hf, x)
-    small = tiny_gpt(14, tie_embeddings=tied, n_embd=24, head_dim=8, d_ff=56)
-    small.save_pretrained(str(tmp_path / 'small'))
-    with pytest.raises(ValueError, match=r"model type `gpt2_independent_widths` but Transformers does not recognize"):
-        transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / 'small'))
-    with pytest.raises(RuntimeError, match=r"ignore_mismatched_sizes"):
-        transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / 'small'))
+    same_function(m, theirs, x)
+    prompt = x[:1, :5]
+    out = theirs.generate(prompt, max_new_tokens=T - 5, do_sample=False, pad_token_id=0)
+    assert torch.equal(out, greedy(m, prompt, T - 5))
+
+
+def test_export_gpt2_tokenizer(tmp_path):
+    """A GPT-2-BPE model's export carries GPT-2's tokenizer files, built offline from
+    data/gpt2.tiktoken: AutoTokenizer.from_pretrained(folder) encodes as tiktoken does and decodes
+    back to the same text. Each merge joins two tokens into the token of its rank. A character
+    model gets no tokenizer files (its characters are in config.json)."""
+    transformers = transformers_lib()
+    m = tiny_gpt(19, vocab_size=hf.GPT2_VOCAB, n_embd=8, n_head=2)
+    m.save_pretrained(str(tmp_path / 'e'), tokenizer={'tokenizer': 'gpt2'})
+    assert sorted(os.listdir(tmp_path / 'e')) == sorted(['config.json', 'model.safetensors', *hf.TOKENIZER_FILES])
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / 'e'))
+    enc = tokenizer.gpt2()
+    texts = ["Hello world!  It's  a test.\n\nNew   lines\t tabs .", "Ünïcödé — ✓ 🤖🎉 中文 \u00a0nbsp",
+             "   leading and trailing   ", "numbers 1234567 3.14 , ; !", "don't I'll we've 'S 're",
+             "x" * 300, "<|endoftext|>two documents<|endoftext|>", "\r\n\x00\x7f bytes"]
+    for text in texts:
+        ids = tok(text)['input_ids']
+        assert ids == enc.encode(text, allowed_special='all'), text
+        assert tok.decode(ids) == text
+    assert tok.eos_token_id == tokenizer.EOT
+    merges = (tmp_path / 'e' / 'merges.txt').read_text(encoding='utf-8').splitlines()[1:]
+    vocab = json.loads((tmp_path / 'e' / 'vocab.json').read_text(encoding='utf-8'))
+    assert len(merges) == hf.GPT2_VOCAB - 257 and len(vocab) == hf.GPT2_VOCAB
+    shown = tokenizer.byte_chars()
+    assert sorted(shown) == list(range(256)) and len(set(shown.values())) == 256
+    for rank, line in enumerate(merges, start=256):
+        a, b = line.split(' ')
+        assert vocab[a + b] == rank
+    char = tiny_gpt(20, n_embd=24, head_dim=8)
+    char.save_pretrained(str(tmp_path / 'c'), tokenizer={'tokenizer': 'char', 'chars': 'ab'})
+    assert not set(os.listdir(tmp_path / 'c')) & set(hf.TOKENIZER_FILES)
+
+
+def test_export_is_one_change(tmp_path, monkeypatch):
+    """A kill or a failure at any point of an export over an earlier one leaves the earlier export
+    whole (it loads bit for bit); the next export cleans up what the killed one left. A folder with
+    files an export does not write is refused, never replaced."""
+    old = tiny_gpt(21, n_embd=24, head_dim=8)
+    old.save_pretrained(str(tmp_path / 'e'), tokenizer={'tokenizer': 'char', 'chars': 'ab'})
+    new = tiny_gpt(22, n_embd=16, head_dim=8, d_ff=40)   # custom code: every kind of file is written
+    real_write_json = hf.write_json
+    for point in ('config', 'code', 'tokenizer', 'swap'):   # after the weights, the config, the code, all
+        def fail(*a, **k):
+            raise KeyboardInterrupt   # as a kill would stop it: no clean-up code of its own runs
+        if point == 'code':
+            monkeypatch.setattr(hf.shutil, 'copyfile', fail)
+        elif point == 'config':
+            monkeypatch.setattr(hf, 'write_json', fail)
+        elif point == 'tokenizer':
+            monkeypatch.setattr(hf, 'write_tokenizer', fail)
+        else:
+            monkeypatch.setattr(files, '_exchange', fail)
+        with pytest.raises(KeyboardInterrupt):
+            new.save_pretrained(str(tmp_path / 'e'), tokenizer={'tokenizer': 'gpt2'})
+        monkeypatch.undo()
+        back, info = checkpoint.load_base(str(tmp_path / 'e'))
+        states_equal(back, old)
+        assert info['tokenizer'] == {'tokenizer': 'char', 'chars': 'ab'}, point
+    assert hf.write_json is real_write_json
+    # a writer killed outright (os._exit: no finally) leaves its temporary folder; the next export removes it
+    child = subprocess.run([sys.executable, '-c', (
+        "import os, torch, gpt; from infra import hf\n"
+        "hf.write_json = lambda *a: os._exit(9)\n"
+        f"torch.manual_seed(0); m = gpt.GPT(gpt.GPTConfig(block_size=8, vocab_size={hf.GPT2_VOCAB}, n_layer=1, n_head=1, n_embd=4))\n"
+        f"m.save_pretrained({str(tmp_path / 'e')!r})")], cwd=ROOT)
+    assert child.returncode == 9
+    assert len(glob.glob(str(tmp_path / 'e.*.tmpdir'))) == 1
+    states_equal(checkpoint.load_base(str(tmp_path / 'e'))[0], old)
+    new.save_pretrained(str(tmp_path / 'e'))
+    states_equal(checkpoint.load_base(str(tmp_path / 'e'))[0], new)
+    assert sorted(os.listdir(tmp_path)) == ['e']
+    (tmp_path / 'e' / 'notes.txt').write_text('mine')
+    error_of(new.save_pretrained, str(tmp_path / 'e'), match=r"holds files this write does not make \(notes\.txt\)")
+    assert (tmp_path / 'e' / 'notes.txt').read_text() == 'mine'
 
 
 def test_export_command(tmp_path, capsys):
@@ -3245,3 +3350,179 @@ def test_sample_bad_inputs(tmp_path):
     m = tiny_gpt(18)
     save_atomic(gpt_checkpoint(m), str(tmp_path / 'old.pt'))   # from before checkpoints kept a tokenizer
     error_of(run_sample, f"--init_from={tmp_path / 'old.pt'}", match=r"does not say which tokenizer")
+
+
+# ==================================================================================================
+# eval.py: lm-eval's tasks scored with gpt.py's GPT, offline (tasks written here, local JSON data)
+# ==================================================================================================
+
+def lm_eval_tasks(folder, mc_docs, ppl_docs):
+    """A multiple-choice task and a perplexity task in lm-eval's YAML format over local JSON lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, docs in (('mc', mc_docs), ('ppl', ppl_docs)):
+        (folder / f'{name}.jsonl').write_text(''.join(json.dumps(d) + '\n' for d in docs))
+    (folder / 'tiny_mc.yaml').write_text(
+        f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'mc.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    (folder / 'tiny_ppl.yaml').write_text(
+        f"task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'ppl.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n    aggregation: weighted_perplexity\n    higher_is_better: false\n")
+    return str(folder)
+
+
+def log_p(m, ids, start, end, first=0):
+    """sum of log p(ids[j] | ids[first:j]) for j in [start, end), one forward per token (gpt.py's
+    last-position logits): a computation apart from eval.py's batched, padded one."""
+    total = 0.0
+    for j in range(start, end):
+        logits = m(torch.tensor([ids[first:j]]))[0][0, -1]
+        total += torch.log_softmax(logits.double(), -1)[ids[j]].item()
+    return total
+
+
+def bpe_model(tmp_path, seed=23):
+    m = random_weights(tiny_gpt(seed, vocab_size=hf.GPT2_VOCAB, n_embd=16, n_head=2), seed)
+    save_atomic(gpt_checkpoint(m, tokenizer={'tokenizer': 'gpt2'}), str(tmp_path / 'm.pt'))
+    return m, str(tmp_path / 'm.pt')
+
+
+def test_eval_scores_are_gpt_log_likelihoods(tmp_path, monkeypatch):
+    """eval.py through lm-eval on a tiny GPT-2-BPE model: every multiple-choice loglikelihood is
+    log p(continuation | context) by gpt.py (the last block_size + 1 tokens when it is longer),
+    accuracy is the share of questions whose right answer scores highest, every rolling
+    loglikelihood is log p(text) over disjoint windows of block_size tokens, and the perplexity
+    lm-eval reports comes from them; the JSON written is the table's numbers."""
+    import eval as evaluation
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    m, path = bpe_model(tmp_path)
+    enc = tokenizer.gpt2()
+    words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'dog', 'ran', '.']
+    rng = np.random.RandomState(0)
+    mc = [dict(question=' '.join(rng.choice(words, 3 + 5 * i)), choices=['cat', 'dog ran', 'mat .'], label=i % 3)
+          for i in range(4)]   # the last two questions are longer than the context: truncated
+    ppl = [dict(text=' '.join(rng.choice(words, n))) for n in (5, 20, 40)]   # one, two and three windows
+    tasks = lm_eval_tasks(tmp_path / 'tasks', mc, ppl)
+    out = tmp_path / 'r.json'
+    results = evaluation.main([f'--model={path}', '--tasks=tiny_mc,tiny_ppl', f'--include_path={tasks}',
+                               '--batch_size=3', f'--out={out}'])
+    right = 0
+    for sample in results['samples']['tiny_mc']:
+        doc = sample['doc']
+        scores = []
+        for (ctx, cont), (ll, is_greedy) in zip(sample['arguments'], sample['filtered_resps']):
+            assert ctx == doc['question'] and cont == ' ' + doc['choices'][len(scores)]
+            whole, n_ctx = enc.encode(ctx + cont), len(enc.encode(ctx))
+            start = max(0, len(whole) - (T + 1))   # one window: the last block_size + 1 tokens
+            assert ll == pytest.approx(log_p(m, whole, n_ctx, len(whole), first=start), abs=1e-5)
+            scores.append(ll)
+        right += int(np.argmax(scores)) == doc['label']
+    assert any(len(enc.encode(d['question'])) > T for d in mc)
+    assert results['results']['tiny_mc']['acc,none'] == pytest.approx(right / len(mc))
+    total_ll, total_words = 0.0, 0
+    for sample in results['samples']['tiny_ppl']:
+        text = sample['doc']['text']
+        ids = enc.encode(text)
+        ll = log_p(m, [tokenizer.EOT] + ids, 1, min(T, len(ids)) + 1)   # the first window, after <|endoftext|>
+        for a in range(T, len(ids), T):   # each later window: T tokens ending before its last target
+            e = min(a + T, len(ids))
+            ll += log_p(m, ids, a, e, first=e - T - 1)
+        assert sample['filtered_resps'][0] == pytest.approx(ll, abs=1e-4)
+        total_ll, total_words = total_ll + ll, total_words + len(text.split())
+    assert max(len(enc.encode(d['text'])) for d in ppl) > 2 * T
+    assert results['results']['tiny_ppl']['word_perplexity,none'] == pytest.approx(math.exp(-total_ll / total_words), rel=1e-6)
+    saved = json.loads(out.read_text())
+    assert saved['results']['tiny_mc']['acc,none'] == results['results']['tiny_mc']['acc,none']
+    assert 'samples' not in saved and saved['average_acc'] == results['results']['tiny_mc']['acc,none']
+
+
+def test_eval_generate_until_is_greedy_gpt(tmp_path):
+    """generate_until continues greedily with gpt.py's argmax, stops after max_gen_toks tokens or
+    at the first 'until' string, and returns the text before it."""
+    import eval as evaluation
+    m, _ = bpe_model(tmp_path, seed=24)
+    enc = tokenizer.gpt2()
+    lm = evaluation.gpt_lm(m, {'tokenizer': 'gpt2'})
+    ctx = 'the cat sat'
+    ids = greedy(m, torch.tensor([enc.encode(ctx)]), 6)[0].tolist()[len(enc.encode(ctx)):]
+    text = enc.decode(ids)
+    req = lambda until: SimpleNamespace(args=(ctx, {'until': until, 'max_gen_toks': 6}))
+    stop = enc.decode(ids[3:4])
+    assert lm.generate_until([req(['never-in-the-text']), req([stop])]) == [text, text.split(stop)[0]]
+    assert len(text.split(stop)[0]) < len(text)
+
+
+def test_eval_bad_inputs(tmp_path, monkeypatch):
+    """One line each, and an unknown task is named before any model is loaded: no --model, a
+    missing model, an empty or unknown task list, bad numbers, an --out that is no .json file, a
+    character model asked about text outside its vocabulary, a model that names no tokenizer."""
+    import eval as evaluation
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    tasks = lm_eval_tasks(tmp_path / 'tasks', [dict(question='ab', choices=['a', 'b'], label=0)],
+                          [dict(text='abba')])
+    run_eval = lambda *a: evaluation.main(list(a))
+    t = f'--include_path={tasks}'
+    error_of(run_eval, '--tasks=tiny_mc', t, match=r"give --model=")
+    error_of(run_eval, '--model=gpt-5', match=r"--model=gpt-5 is no checkpoint \(\.pt\), model folder or pretrained name")
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_nope', t, match=r"lm-eval has no task 'tiny_nope'")
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_mc', t, match=r"checkpoint '.*none\.pt' does not exist")
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=,', match=r"--tasks is empty")
+    error_of(run_eval, '--model=x.pt', '--limit=-1', match=r"--limit=-1 must not be negative")
+    error_of(run_eval, '--model=x.pt', '--batch_size=0', match=r"--batch_size=0 must be positive")
+    error_of(run_eval, '--model=x.pt', f'--out={tmp_path}', match=r"should name a \.json file")
+    error_of(run_eval, '--model=x.pt', f'--include_path={tmp_path / "nope"}', match=r"is not a folder of task YAML")
+    char_checkpoint(tmp_path / 'char.pt', chars=''.join(chr(ord('0') + i) for i in range(V)))
+    error_of(run_eval, f'--model={tmp_path / "char.pt"}', '--tasks=tiny_mc', t,
+             match=r"characters the model's vocabulary lacks: ' '")
+    save_atomic(gpt_checkpoint(tiny_gpt(25)), str(tmp_path / 'old.pt'))
+    error_of(run_eval, f'--model={tmp_path / "old.pt"}', '--tasks=tiny_mc', t, match=r"does not say which tokenizer")
+
+
+def test_compare_eval_tasks(tmp_path, capsys, monkeypatch):
+    """compare.py --eval_tasks scores each raced run's final model (a PC run's merged.pt, an HPR
+    run's ckpt.pt) and the base with eval.py, writes each run's eval.json, and adds a table whose
+    every cell is that run's score, the better of each PC/HPR pair in bold (higher accuracy, lower
+    perplexity); a second call reuses every score."""
+    import eval as evaluation
+    monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    ds = write_dataset(tmp_path / 'ds')
+    chars = ' abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU'
+    assert len(chars) == VOCAB
+    meta_path = tmp_path / 'ds' / 'meta.json'
+    meta_ = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta_, tokenizer='char', chars=chars)))
+    tasks = lm_eval_tasks(tmp_path / 'tasks', [dict(question=q, choices=['abc', 'xyz q'], label=i % 2)
+                                               for i, q in enumerate(['the cat', 'a dog ran', 'on a mat'])],
+                          [dict(text='the cat sat on a mat'), dict(text='a dog ran')])
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3', '--eval_tasks=tiny_mc,tiny_ppl',
+                             f'--eval_include_path={tasks}')
+    race = compare.main(args)
+    md = (tmp_path / 'cmp' / 'compare.md').read_text()
+    table = md[md.index('**Downstream'):].split('\n\n')[1].splitlines()
+    assert table[0] == '| importance | compression | base | arm | steps | tiny_mc (acc) | tiny_ppl (word_perplexity) | mean acc |'
+    base_rec = json.loads((tmp_path / 'cmp' / 'eval_base_final.json').read_text())
+    assert table[2].startswith('| | | final | base | | ') and f"{base_rec['scores']['tiny_mc']['acc']:.4f}" in table[2]
+    rows = {}
+    for r in race:
+        rec = json.loads(open(os.path.join(r['out_dir'], 'eval.json')).read())
+        if r['arm'] == 'pc':   # what was scored is the run's merged model
+            direct = evaluation.evaluate(evaluation.parse_args([f"--model={os.path.join(r['out_dir'], 'merged.pt')}",
+                                                                '--tasks=tiny_mc,tiny_ppl', f'--include_path={tasks}']))
+            assert rec['scores'] == evaluation.scores(direct)
+        rows[r['arm']] = (rec['scores']['tiny_mc']['acc'], rec['scores']['tiny_ppl']['word_perplexity'])
+    lines = {a: next(l for l in table if f"| {a.upper()} | 3 |" in l) for a in ('hpr', 'pc')}
+    for a, other in (('hpr', 'pc'), ('pc', 'hpr')):
+        cells = [c.strip() for c in lines[a].split('|')[6:9]]
+        acc, ppl = rows[a]
+        want_acc = f"**{acc:.4f}**" if acc >= rows[other][0] else f"{acc:.4f}"
+        want_ppl = f"**{ppl:.4f}**" if ppl <= rows[other][1] else f"{ppl:.4f}"
+        assert cells[:2] == [want_acc, want_ppl]
+        assert cells[2].strip('*') == f"{acc:.4f}"   # the mean over the one accuracy task
+    capsys.readouterr()
+    compare.main(args)
+    assert '== lm-eval' not in capsys.readouterr().out
+    error_of(compare.main, args + ['--eval_limit=-1', f'--out_dir={tmp_path / "other"}'],
+             match=r"--eval_limit=-1 must not be negative")   # before any run
+    assert not (tmp_path / 'other').exists()

@@ -3,11 +3,13 @@ Files: atomic writes, hashes, and a run's folder (its lock, its metrics log). A 
 may skip this file: it only makes sure that a kill, a power loss or a full disk at any moment leaves
 the previous good file in place, and that two runs never write into one folder.
 """
+import ctypes
 import fcntl
 import glob
 import hashlib
 import json
 import os
+import shutil
 
 import torch
 
@@ -60,6 +62,70 @@ def save_atomic(obj, path):
 
 def write_text(path, text):
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_folder(folder, write, may_replace):
+    """Write a whole folder as one change: write(tmp) fills a new folder beside `folder`, which then
+    takes its place; a kill or a full disk at any point leaves the previous folder whole (or none).
+    `folder`, if it exists, may hold only the names in may_replace (what a previous write wrote): a
+    folder with other files is refused before any work, never replaced."""
+    folder = os.path.abspath(folder)
+    if os.path.isdir(folder):
+        other = sorted(set(os.listdir(folder)) - set(may_replace))
+        if other:
+            raise SystemExit(f"error: {folder} holds files this write does not make ({', '.join(other[:5])}); "
+                             f"write into a new or empty folder")
+    elif os.path.exists(folder):
+        raise SystemExit(f"error: {folder} is a file, not a folder; write to another path")
+    try:
+        os.makedirs(os.path.dirname(folder), exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: could not create {folder} ({e.strerror or e}); write to another folder")
+    for stale in glob.glob(glob.escape(folder) + '.*.tmpdir'):   # left by a writer killed mid-write
+        pid = stale.rsplit('.', 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = f"{folder}.{os.getpid()}.tmpdir"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.mkdir(tmp)
+        write(tmp)
+        sync_folder(os.path.join(tmp, 'x'))
+        if os.path.isdir(folder):
+            _exchange(tmp, folder)           # the new folder in place, the old one now at tmp
+        else:
+            os.rename(tmp, folder)
+        sync_folder(folder)
+    except OSError as e:
+        raise SystemExit(f"error: could not write {folder} ({e.strerror or e}); free some disk space or "
+                         f"write to another folder (the previous folder, if any, is unchanged)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _exchange(a, b):
+    """Swap two folders in one step (Linux renameat2 RENAME_EXCHANGE). Where the system has no such
+    call, two renames, with the previous folder kept under a name beside it between them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, 'renameat2') and libc.renameat2(-100, a.encode(), -100, b.encode(), 2) == 0:
+        return                                # -100: AT_FDCWD; 2: RENAME_EXCHANGE
+    old = f"{b}.old.{os.getpid()}.tmpdir"
+    os.rename(b, old)
+    os.rename(a, b)
+    os.rename(old, a)
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_stale_temporaries(folder, pattern='*.tmp'):

@@ -11,17 +11,24 @@ neither (requirements-pretrained.txt).
 import importlib
 import json
 import os
+import shutil
 
 import torch
 
 from gpt import GPTConfig
-from infra.files import write_atomic, write_text
+from infra.files import write_folder
 
 PRETRAINED = {name: f'openai-community/{name}' for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
 CONV1D = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 # model_type of an export that transformers' GPT-2 class cannot hold (attention width != n_embd,
-# or no biases): an unknown type, so transformers refuses it instead of misreading it
+# or no biases). Such a folder carries its own modeling code (hf_code/, transformers' custom-code
+# convention): AutoModelForCausalLM loads it with trust_remote_code=True, and refuses it without.
 WIDTHS_MODEL_TYPE = 'gpt2_independent_widths'
+CODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'hf_code')
+CODE_FILES = ('configuration_gpt_widths.py', 'modeling_gpt_widths.py')
+AUTO_MAP = {'AutoConfig': 'configuration_gpt_widths.GPTWidthsConfig',
+            'AutoModelForCausalLM': 'modeling_gpt_widths.GPTWidthsForCausalLM'}
+TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer_config.json')
 GPT2_VOCAB = 50257
 
 
@@ -44,7 +51,8 @@ def hf_config(cfg, tokenizer=None):
     ok = hf_compatible(cfg)
     conf = dict(
         model_type='gpt2' if ok else WIDTHS_MODEL_TYPE,
-        **({'architectures': ['GPT2LMHeadModel']} if ok else {}),
+        architectures=['GPT2LMHeadModel' if ok else 'GPTWidthsForCausalLM'],
+        **({} if ok else {'auto_map': AUTO_MAP}),
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
         n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff,
         activation_function='gelu_pytorch_tanh',   # nn.GELU(approximate='tanh'), what gpt.py's MLP runs
@@ -168,11 +176,13 @@ def load_pretrained(name_or_dir, dropout=0.0):
 
 
 def save_pretrained(model, out_dir, tokenizer=None):
-    """Write out_dir/model.safetensors and out_dir/config.json (each atomically) in Hugging Face's
-    GPT-2 layout; load_pretrained reads them back bit for bit. When the widths fit transformers' GPT-2
-    (attention width = n_embd, biases), the folder also loads in transformers' GPT2LMHeadModel;
-    otherwise its model_type is gpt.py's own, which transformers refuses. `tokenizer` is kept in
-    config.json: {'tokenizer': 'char', 'chars': ...} or {'tokenizer': 'gpt2'}."""
+    """Write out_dir in Hugging Face's GPT-2 layout, as one change (infra/files.write_folder: a kill
+    leaves the previous export whole): model.safetensors and config.json, which load_pretrained
+    reads back bit for bit. Widths that fit transformers' GPT-2 (attention width = n_embd, biases)
+    load in its GPT2LMHeadModel; other widths get hf_code/'s two files and an auto_map, for
+    AutoModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True). `tokenizer` is kept in
+    config.json ({'tokenizer': 'char', 'chars': ...} or {'tokenizer': 'gpt2'}); GPT-2 BPE also gets
+    vocab.json, merges.txt and tokenizer_config.json, for AutoTokenizer.from_pretrained(out_dir)."""
     st = optional('safetensors.torch')
     tensors = {}
     for name, t in model.state_dict().items():
@@ -180,12 +190,40 @@ def save_pretrained(model, out_dir, tokenizer=None):
             continue   # one tensor, stored once under its embedding's name, as transformers does
         t = t.detach().cpu()
         tensors[name] = (t.t() if name.endswith(CONV1D) else t).contiguous()
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: could not create {out_dir} ({e.strerror or e}); write to another folder")
-    # as bytes, written by write_atomic: a full disk is then an OSError like any other
-    weights = st.save(tensors, metadata={'format': 'pt'})
-    write_atomic(os.path.join(out_dir, 'model.safetensors'), lambda f: f.write(weights))
-    write_text(os.path.join(out_dir, 'config.json'), json.dumps(hf_config(model.config, tokenizer), indent=2) + '\n')
+    conf = hf_config(model.config, tokenizer)
+    bpe = (tokenizer or {}).get('tokenizer') == 'gpt2'
+    vocab_merges = None
+    if bpe:
+        from data.tokenizer import vocab_and_merges
+        vocab_merges = vocab_and_merges()
+
+    def write(folder):
+        with open(os.path.join(folder, 'model.safetensors'), 'wb') as f:
+            f.write(st.save(tensors, metadata={'format': 'pt'}))
+        write_json(os.path.join(folder, 'config.json'), conf)
+        if 'auto_map' in conf:
+            for name in CODE_FILES:
+                shutil.copyfile(os.path.join(CODE_DIR, name), os.path.join(folder, name))
+        if bpe:
+            write_tokenizer(folder, *vocab_merges, model.config.block_size)
+
+    write_folder(out_dir, write, may_replace=('model.safetensors', 'config.json') + CODE_FILES + TOKENIZER_FILES)
     return out_dir
+
+
+def write_json(path, obj):
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(json.dumps(obj, indent=2, ensure_ascii=False) + '\n')
+
+
+def write_tokenizer(folder, vocab, merges, block_size):
+    """GPT-2's tokenizer files, as the Hub's gpt2 holds them: AutoTokenizer builds GPT2Tokenizer from
+    them and encodes as tiktoken does (<|endoftext|> in text is the special token, as with
+    tiktoken's allowed_special='all'); no clean-up of spaces on decode, so text round-trips."""
+    write_json(os.path.join(folder, 'vocab.json'), vocab)
+    with open(os.path.join(folder, 'merges.txt'), 'w', encoding='utf-8') as f:
+        f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
+    eot = '<|endoftext|>'
+    write_json(os.path.join(folder, 'tokenizer_config.json'), dict(
+        tokenizer_class='GPT2Tokenizer', bos_token=eot, eos_token=eot, unk_token=eot,
+        add_prefix_space=False, clean_up_tokenization_spaces=False, model_max_length=block_size))
