@@ -1,5 +1,5 @@
 """
-Export a GPT as a folder with model.safetensors and config.json (Hugging Face's GPT-2 layout).
+Export a GPT as a folder in Hugging Face's GPT-2 layout, which transformers loads.
 
     python export.py out/pc_gpt2m/merged.pt out/pc_gpt2m/export
     python export.py out/base_shakespeare_char/ckpt.pt out/base_shakespeare_char/export
@@ -8,11 +8,12 @@ The source is anything infra/checkpoint.load_base reads: a train.py checkpoint o
 merged PC model), a model folder, or a pretrained name. A PC run's ckpt.pt holds projections over a
 frozen base, not a GPT: export the merged.pt written next to it when the run finished.
 
-GPT.from_pretrained (and so train.py, sample.py and export.py) reads the folder back bit for bit.
+GPT.from_pretrained (and so train.py, sample.py and eval.py) reads the folder back bit for bit.
 A model whose widths fit transformers' GPT-2 (attention width = n_embd, with biases: every base)
-also loads there: transformers.GPT2LMHeadModel.from_pretrained(folder). A compressed model keeps its
-base's attention width while n_embd shrinks, which that class cannot hold; its config.json says
-model_type 'gpt2_independent_widths' so that transformers refuses it instead of misreading it.
+loads as transformers' own GPT2LMHeadModel. A compressed model keeps its base's attention width
+while n_embd shrinks, which that class cannot hold: its folder carries its own modeling code
+(infra/hf_code/) and loads with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).
+A GPT-2-BPE model's folder also holds GPT-2's tokenizer files, for AutoTokenizer.from_pretrained.
 """
 import os
 import sys
@@ -34,11 +35,14 @@ def main(argv):
     cfg = model.config
     why = ("it has no biases" if not cfg.bias else
            f"its attention width {cfg.n_head * cfg.head_dim} differs from n_embd={cfg.n_embd}")
-    where = ("it also loads in transformers' GPT2LMHeadModel" if hf.hf_compatible(cfg) else
-             f"{why}, which transformers' GPT-2 cannot hold: GPT.from_pretrained reads it, "
-             f"transformers refuses it")
-    print(f"wrote {os.path.join(out_dir, 'model.safetensors')} and config.json "
-          f"({gpt.param_counts(model.config)['total']:,} parameters); {where}")
+    where = ("transformers loads it as GPT2LMHeadModel" if hf.hf_compatible(cfg) else
+             f"{why}, which transformers' GPT-2 cannot hold: the folder carries its own modeling code; "
+             f"load it with AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)")
+    kind = info['tokenizer'].get('tokenizer')
+    tok = ("; GPT-2's tokenizer files for AutoTokenizer" if kind == 'gpt2' else
+           "; a character vocabulary, kept in config.json as tokenizer.chars (transformers has no "
+           "tokenizer for it)" if kind == 'char' else "; no tokenizer (the model names none)")
+    print(f"wrote {out_dir} ({gpt.param_counts(model.config)['total']:,} parameters); {where}{tok}")
     return out_dir
 
 

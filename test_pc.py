@@ -1764,6 +1764,26 @@ def test_summary_describes_its_checkpoint(dataset, tmp_path):
     assert not (out / 'summary.json').exists() and load_ckpt(out)['iter'] == 2
 
 
+def test_a_non_finite_model_to_start_from_is_one_true_line(dataset, base_run, tmp_path):
+    """A base with a NaN weight is refused before any work, naming the tensor; a base run started
+    from a model whose loss is non-finite at once says it wrote no checkpoint (none exists), not that
+    a last good one is kept."""
+    model = load_gpt(base_run['ckpt'])
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 5] = float('nan')
+    save_atomic(gpt_checkpoint(model, tokenizer={}), str(tmp_path / 'nan_base.pt'))
+    for arm in ('pc', 'hpr'):
+        error_of(train_job, make_cfg(dataset, tmp_path / arm, arm=arm, base_ckpt=str(tmp_path / 'nan_base.pt'),
+                                     compression=0.5, max_iters=2),
+                 match=r"nan_base\.pt has non-finite weights \(transformer\.h\.1\.mlp\.c_fc\.weight\)")
+        assert not (tmp_path / arm / 'ckpt.pt').exists()
+    model.save_pretrained(str(tmp_path / 'nan_folder'))
+    error_of(train_job, make_cfg(dataset, tmp_path / 'from_nan', arm='base', init_from=str(tmp_path / 'nan_folder'),
+                                 max_iters=2),
+             match=r"non-finite validation loss at iter 0; it wrote no checkpoint; lower learning_rate")
+    assert not (tmp_path / 'from_nan' / 'ckpt.pt').exists()
+
+
 def test_non_finite_weights_are_never_saved(dataset, base_run, tmp_path, monkeypatch):
     """If a step leaves NaN in the weights while its loss was finite, the next checkpoint refuses to
     replace the last good one, and says so."""
@@ -1779,7 +1799,7 @@ def test_non_finite_weights_are_never_saved(dataset, base_run, tmp_path, monkeyp
         return out_
     monkeypatch.setattr(torch.optim.AdamW, 'step', step)
     error_of(train_job, make_cfg(dataset, out, arm='base', max_iters=6, eval_interval=3),
-             match=r"non-finite validation loss at iter 3; the last good checkpoint .*ckpt\.pt is kept")
+             match=r"non-finite validation loss at iter 3; the last good checkpoint .*ckpt\.pt \(iter 0\) is kept")
     monkeypatch.undo()
     ck = load_ckpt(out)
     assert ck['iter'] == 0 and all(torch.isfinite(t).all() for t in ck['model'].values())
@@ -2189,6 +2209,7 @@ def ddp_runs(dataset, base_run, tmp_path_factory):
     stopped = trained_state(d / 'two_pc_resumed')[0]
     assert stopped['iter'] == 3 and len(stopped['shards']) == 2
     shutil.copytree(d / 'two_pc_resumed', d / 'one_pc_from_two')      # for a resume at 1 process
+    shutil.copytree(d / 'two_pc_resumed', d / 'two_pc_truncated')     # for a resume with a broken share
     code, out = finish(launch(dataset, d / 'two_pc_resumed', init_from='resume', **arms['pc']))
     assert code == 0, out[-3000:]
     return d, arms
@@ -2294,6 +2315,55 @@ def test_sharded_resume(ddp_runs, dataset):
     os.remove(share)
     error_of(train_job, make_cfg(dataset, one, init_from='resume', **arms['pc']),
              match=r"a part of .*ckpt\.pt, is missing, incomplete or from another checkpoint")
+
+
+def test_a_broken_share_stops_every_process_with_one_line(ddp_runs, dataset):
+    """A 2-process resume whose second share is truncated: the process that reads it and the one
+    that does not both stop with the same one line naming the share, no gloo traceback."""
+    d, arms = ddp_runs
+    ck = torch.load(d / 'two_pc_truncated' / 'ckpt.pt', weights_only=True)
+    share = d / 'two_pc_truncated' / ck['shards'][1]
+    share.write_bytes(share.read_bytes()[:-100])
+    code, out = finish(launch(dataset, d / 'two_pc_truncated', init_from='resume', **arms['pc']))
+    assert code != 0
+    lines = [l for l in out.splitlines() if l.startswith('error: ')]
+    assert len(lines) == 2 and all(re.search(rf"{re.escape(share.name)}, a part of .*ckpt\.pt, is missing, "
+                                             r"incomplete or from another checkpoint", l) for l in lines), out[-3000:]
+    # (torchrun itself reports failed workers with a traceback of its own launcher, ChildFailedError)
+    assert 'gloo' not in out.lower() and 'train.py", line' not in out and 'infra/' not in out, out[-3000:]
+
+
+def flip_a_bit_of(path, tensor):
+    """Flip one bit inside `tensor`'s bytes in the checkpoint file (same size; torch.load still reads it)."""
+    raw = bytearray(open(path, 'rb').read())
+    at = raw.find(tensor.contiguous().view(torch.uint8).numpy().tobytes()[:32])
+    assert at > 0
+    raw[at + 5] ^= 0x10
+    open(path, 'wb').write(bytes(raw))
+
+
+def test_flipped_bytes_are_one_line(dataset, base_run, tmp_path):
+    """A checkpoint, a share or a merged model whose bytes changed on disk (one bit, same size) is
+    refused with one line on load: every save keeps a sha256 of its contents inside it."""
+    pc_run = dict(arm='pc', base_ckpt=base_run['ckpt'], compression=0.5, **ARM_LEN)
+    for what in ('ckpt', 'share', 'merged'):
+        out = tmp_path / what
+        run(dataset, out, stop_iter=0 if what == 'merged' else 3, **pc_run)
+        ck = load_ckpt(out)
+        if what == 'ckpt':
+            flip_a_bit_of(out / 'ckpt.pt', max(ck['model'].values(), key=lambda x: x.numel()))
+            where = out / 'ckpt.pt'
+        elif what == 'share':
+            where = out / ck['shards'][0]
+            share = torch.load(where, weights_only=True)
+            flip_a_bit_of(where, max(share['model'].values(), key=lambda x: x.numel()))
+        else:
+            merged = torch.load(out / 'merged.pt', weights_only=True)
+            flip_a_bit_of(out / 'merged.pt', merged['model']['transformer.wte.weight'])
+            error_of(load_gpt, str(out / 'merged.pt'), match=r"merged\.pt is damaged: its contents differ")
+            continue
+        error_of(train_job, make_cfg(dataset, out, init_from='resume', **pc_run),
+                 match=rf"{re.escape(where.name)} is damaged: its contents differ from what was saved")
 
 
 def children(pid):
@@ -2607,6 +2677,7 @@ def test_paper_grid_is_complete():
     assert paper('--preset=300m', '--arm=pc')['base_ckpt'] == 'out/paper_300m_base80/ckpt.pt'
     error_of(paper, match=r"needs --preset=300m or --preset=800m")
     error_of(paper, '--preset=300m', '--arm=hpr', '--compression=0.4', match=r"rates for --compression=0\.35, 0\.5")
+    error_of(paper, '--preset=300m', '--arm=xyz', match=r"--arm=xyz is not an arm; give --arm=base, pc or hpr")
 
 
 @pytest.mark.parametrize('size', ['300m', '800m'])

@@ -181,8 +181,7 @@ def train_step(r):
     if r.world > 1:   # every process must see a bad step, or the others would wait for it forever
         processes.average(step_loss)
     if not torch.isfinite(step_loss):
-        raise SystemExit(f"error: non-finite loss at iter {r.it}; the last good checkpoint "
-                         f"{r.ckpt_path} is kept; lower learning_rate or check the data")
+        raise SystemExit(f"error: non-finite loss at iter {r.it}; {kept(r)}; lower learning_rate or check the data")
     if c.grad_clip:   # (under torchrun, PC's norm counts every process's P and R)
         processes.clip_gradients(r.sharded, r.replicated, c.grad_clip, r.world if r.projected is not None else 1)
     r.optimizer.step()
@@ -226,20 +225,26 @@ def train(cfg):
     return finish(r)
 
 
+def kept(r):
+    """What a run stopped by a bad number leaves: its last checkpoint, if it wrote one."""
+    return (f"the last good checkpoint {r.ckpt_path} (iter {r.saved_it}) is kept" if r.saved_it >= 0 else
+            "it wrote no checkpoint")
+
+
 def evaluate_and_save(r):
     r.val = evaluate(r.model if not r.c.pc_naive else r.projected, r.val_batches, r.dev, r.ctx)
     if not math.isfinite(r.val):   # (the same on every process: the model and the batches are)
-        raise SystemExit(f"error: non-finite validation loss at iter {r.it}; the last good checkpoint "
-                         f"{r.ckpt_path} is kept; lower learning_rate or check the data")
+        raise SystemExit(f"error: non-finite validation loss at iter {r.it}; {kept(r)}; lower learning_rate "
+                         f"or check the data")
     r.best_val = min(r.best_val, r.val)
     record = dict(kind='eval', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val)
     if r.world > 1:   # every process must hold the same compressed GPT (PC: after broadcast_wc)
         record['ranks_agree'] = processes.ranks_agree(r.model.parameters(), r.world)
     log(r, record)
     if r.world > 1 and not record['ranks_agree']:
-        raise SystemExit(f"error: the processes' models differ at iter {r.it}; the last good "
-                         f"checkpoint {r.ckpt_path} is kept")
+        raise SystemExit(f"error: the processes' models differ at iter {r.it}; {kept(r)}")
     checkpoint.save_checkpoint(r, r.ckpt_path)
+    r.saved_it = r.it
     if r.it == r.early_iter:
         checkpoint.save_checkpoint(r, os.path.join(r.c.out_dir, 'ckpt_early.pt'))
 
@@ -261,7 +266,7 @@ def finish(r):
             log(r, dict(kind='merged', iter=r.it, tokens=r.it * r.tokens_per_iter, val_loss=r.val,
                         merged_val_loss=merged_val))
             if r.master:
-                files.save_atomic(checkpoint.gpt_checkpoint(merged, config=dict(r.cfg), tokenizer=r.tokenizer),
+                files.save_checked(checkpoint.gpt_checkpoint(merged, config=dict(r.cfg), tokenizer=r.tokenizer),
                                 os.path.join(c.out_dir, 'merged.pt'))
             summary['merged_val_loss'] = merged_val
         if r.master:
@@ -334,6 +339,7 @@ class Run:
     loss_sum: object = None         # training losses since the last log record (a tensor, no sync)
     loss_steps: int = 0
     train_time: float = 0.0
+    saved_it: int = -1              # the iteration of this run's last checkpoint on disk, or -1
 
     @property
     def master(self):
@@ -435,6 +441,10 @@ def build_model(r, resume, data_dir, vocab):
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
         base, info = checkpoint.load_base(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
+        broken = next((n for n, t in base.state_dict().items() if not torch.isfinite(t).all()), None)
+        if broken:
+            raise SystemExit(f"error: the base {c.base_ckpt} has non-finite weights ({broken}); compress a "
+                             f"base whose training ended at a finite loss")
         settings.check_tokenizer(info['tokenizer'], r.tokenizer, c.base_ckpt, c.dataset)
         r.base_info = dict(base_ckpt=info['source'], base_sha256=info['sha256'])
         checkpoint.check_same_base(r, resume)

@@ -37,6 +37,8 @@
 # Steps per budget: 4,769 / 9,537 / 19,074 / 28,611 / 38,147.
 if preset not in ('300m', '800m'):
     raise SystemExit("error: config/paper_c4.py needs --preset=300m or --preset=800m")
+if arm not in ('base', 'pc', 'hpr'):
+    raise SystemExit(f"error: config/paper_c4.py: --arm={arm} is not an arm; give --arm=base, pc or hpr")
 dataset = 'c4'                      # [P]
 block_size = 512                    # [A] sequence_length
 batch_size = 16                     # 16 x 512 x 32 = 262,144 tokens per step: [A] batch_size 512 x 512

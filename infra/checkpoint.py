@@ -20,8 +20,8 @@ import torch.distributed as dist
 
 import pc
 from gpt import GPT, GPTConfig
-from infra import hf
-from infra.files import file_sha256, save_atomic
+from infra import hf, processes
+from infra.files import check_content, file_sha256, save_checked
 from infra.settings import PROJ_DTYPES
 
 
@@ -37,6 +37,7 @@ def load_checkpoint(path, map_location='cpu'):
                          f"point at a .pt file written by train.py")
     if not isinstance(ckpt, dict) or 'model_args' not in ckpt or 'model' not in ckpt:
         raise SystemExit(f"error: '{path}' is not a checkpoint written by train.py")
+    check_content(ckpt, path, "restore it from a copy, or train again (without init_from=resume)")
     return ckpt
 
 
@@ -199,7 +200,7 @@ def write_shards(r, path, tensors, optim, token):
     new: a resume that saves again at its checkpoint's iteration never overwrites a share that the
     ckpt.pt still on disk names."""
     shards = [f"{os.path.basename(path)}.{r.it}.{token[:12]}.{k}of{r.world}" for k in range(r.world)]
-    save_atomic(dict(model=tensors, optimizer=optim, saved=token), os.path.join(r.c.out_dir, shards[r.rank]))
+    save_checked(dict(model=tensors, optimizer=optim, saved=token), os.path.join(r.c.out_dir, shards[r.rank]))
     if r.world > 1:
         dist.barrier()        # every share is on disk before ckpt.pt names it
     return shards
@@ -209,7 +210,7 @@ def write_main(r, path, model, optim, shards, token):
     """Process 0 writes `path` itself, naming the shares (with their sizes), then removes older
     checkpoints' shares."""
     sizes = [os.path.getsize(os.path.join(r.c.out_dir, s)) for s in shards]
-    save_atomic(dict(
+    save_checked(dict(
         kind='pc' if r.projected is not None else 'gpt', model_args=asdict(r.model.config),
         model=model, optimizer=optim, shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it,
         best_val=r.best_val, config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
@@ -239,6 +240,7 @@ def load_shards(ckpt, path, names):
                 raise SystemExit(broken)
             if not isinstance(files[k], dict) or files[k].get('saved') != ckpt['saved']:
                 raise SystemExit(broken)
+            check_content(files[k], file, "start the run again without init_from=resume")
         prefix = f"proj.{name.replace('.', '_')}."
         model.update({n: t for n, t in files[k]['model'].items() if n.startswith(prefix)})
         optim.update({n: s for n, s in files[k]['optimizer'].items() if n.startswith(prefix)})
@@ -307,7 +309,8 @@ def restore(r, resume):
         if r.projected is None:
             r.model.load_state_dict(resume['model'])
         else:
-            shares, shares_opt = load_shards(resume, r.ckpt_path, r.projected.names)
+            shares, shares_opt = processes.together(lambda: load_shards(resume, r.ckpt_path, r.projected.names),
+                                                    r.world)
             saved_opt.update(shares_opt)
             trained = dict(r.named)
             for n, t in {**resume['model'], **shares}.items():
@@ -315,6 +318,7 @@ def restore(r, resume):
                     trained[n].copy_(t)
     load_optimizer_state(r.optimizer, r.named, saved_opt)
     r.it, r.best_val = resume['iter'], resume['best_val']
+    r.saved_it = resume['iter']
     r.train_batches.load_state_dict(resume['loader'])
     torch.set_rng_state(resume['rng'])
     if r.device_type == 'cuda' and 'cuda_rng' in resume:

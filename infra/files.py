@@ -60,6 +60,42 @@ def save_atomic(obj, path):
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
+def content_sha256(obj):
+    """sha256 of everything in a checkpoint dict: each tensor's name, dtype, shape and bytes, each
+    other value's repr, in order. Saved inside the checkpoint, it lets a load tell a file whose bytes
+    changed on disk (same size, flipped bits: torch.load reads those without complaint)."""
+    h = hashlib.sha256()
+
+    def walk(x, where):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous()
+            h.update(f"{where}:{t.dtype}:{tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if k != 'content_sha256':
+                    walk(v, f"{where}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{where}/{i}")
+        else:
+            h.update(f"{where}={x!r};".encode())
+    walk(obj, '')
+    return h.hexdigest()
+
+
+def save_checked(obj, path):
+    """save_atomic, with the content_sha256 of obj inside it (infra/checkpoint verifies it on load)."""
+    save_atomic(dict(obj, content_sha256=content_sha256(obj)), path)
+
+
+def check_content(obj, path, fix):
+    """One line if a checkpoint saved by save_checked no longer holds what was saved."""
+    if isinstance(obj, dict) and 'content_sha256' in obj and obj['content_sha256'] != content_sha256(obj):
+        raise SystemExit(f"error: {path} is damaged: its contents differ from what was saved (the hash "
+                         f"saved in it does not match); {fix}")
+
+
 def write_text(path, text):
     write_atomic(path, lambda f: f.write(text.encode()))
 

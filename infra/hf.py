@@ -6,7 +6,8 @@ file. A reader of the method may skip it: it only renames and transposes tensors
 The tensor names are gpt.py's (transformers saves "transformer.h.0.attn.c_attn.weight"; OpenAI's files
 on the Hub leave out "transformer."), but the four Conv1D matrices are stored (in, out), the transpose
 of nn.Linear's weight. safetensors and huggingface_hub are imported only here, so training needs
-neither (requirements-pretrained.txt).
+neither (requirements-pretrained.txt). A model whose widths transformers' GPT-2 cannot hold is
+written with the modeling code in hf_code/ beside its weights (transformers' custom-code convention).
 """
 import importlib
 import json

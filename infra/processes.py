@@ -189,6 +189,25 @@ def agree(items, world):
                          f"with the same settings, data, base and out_dir")
 
 
+def together(job, world):
+    """job() on every process; if it fails with a line on any of them, every process stops with that
+    line (the first rank's), instead of the others meeting a dead peer in their next collective."""
+    if world == 1:
+        return job()
+    try:
+        out, error = job(), None
+    except SystemExit as e:
+        out, error = None, str(e.code)
+    every = [None] * world
+    dist.all_gather_object(every, error)
+    failed = [(k, e) for k, e in enumerate(every) if e is not None]
+    if failed:
+        k, line = failed[0]
+        raise SystemExit(line if k == dist.get_rank() or not line.startswith('error: ') else
+                         f"{line} (process {k})")
+    return out
+
+
 def run_main(job):
     """train.py's main: job() and its summary printed. Ctrl-C is one line. An error line goes out in
     one write, so two processes' lines never run together. Under torchrun the process then leaves
