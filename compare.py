@@ -238,8 +238,11 @@ def train_in_child(cfg):
         rc = subprocess.run([sys.executable, '-c', 'import json, sys, train; '
                              'train.train(json.load(open(sys.argv[1])))', cfg_path],
                             stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if rc:
-        raise SystemExit(f"error: the run in {cfg['out_dir']} failed (exit code {rc}); see {log_path}")
+    if rc:   # the child's own line, if it stopped with one
+        with open(log_path, errors='replace') as f:
+            said = [l.strip() for l in f if l.startswith('error: ')]
+        why = said[-1][len('error: '):] if said else f"exit code {rc}"
+        raise SystemExit(f"error: the run in {cfg['out_dir']} failed: {why} (its log: {log_path})")
 
 
 def run_all(jobs_, items):

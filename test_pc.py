@@ -1002,7 +1002,11 @@ def test_loader_ranks_and_resume(tmp_path):
 
 def test_loader_bad_inputs(tmp_path):
     msg = error_of(open_dataset, os.path.join(REPO, "data", "_never_prepared"), "train")
-    assert "dataset not prepared" in msg and "`python data/_never_prepared/prepare.py`" in msg
+    assert "dataset not prepared" in msg and "no data/_never_prepared/prepare.py makes it: the datasets are " \
+        "c4, shakespeare, shakespeare_char (or a folder path)" in msg
+    if not os.path.exists(os.path.join(REPO, "data", "shakespeare", "meta.json")):   # not prepared in this clone
+        msg = error_of(open_dataset, os.path.join(REPO, "data", "shakespeare"), "train")
+        assert "`python data/shakespeare/prepare.py`" in msg
     msg = error_of(open_dataset, tmp_path / "shakespeare_char", "train")   # a folder elsewhere
     assert "dataset not prepared" in msg and "data/*/prepare.py" in msg
     msg = error_of(Batches, tmp_path / "c4", "train", 8, 2, seed=0)
@@ -1782,6 +1786,19 @@ def test_a_non_finite_model_to_start_from_is_one_true_line(dataset, base_run, tm
                                  max_iters=2),
              match=r"non-finite validation loss at iter 0; it wrote no checkpoint; lower learning_rate")
     assert not (tmp_path / 'from_nan' / 'ckpt.pt').exists()
+
+
+def test_a_failed_child_run_says_why(dataset, base_run, tmp_path):
+    """compare.py --jobs=2 trains in child processes: a run that fails there is reported with the
+    child's own line (here a base with a NaN weight), not only 'see train.log'."""
+    model = load_gpt(base_run['ckpt'])
+    with torch.no_grad():
+        model.transformer.wte.weight[0, 0] = float('nan')
+    save_atomic(gpt_checkpoint(model, tokenizer={}), str(tmp_path / 'nan_base.pt'))
+    cfg = make_cfg(dataset, tmp_path / 'child', arm='hpr', base_ckpt=str(tmp_path / 'nan_base.pt'), compression=0.5,
+                   max_iters=2)
+    error_of(compare.train_in_child, cfg, match=r"the run in .*child failed: the base .*nan_base\.pt has non-finite "
+                                                r"weights \(transformer\.wte\.weight\).*\(its log: .*train\.log\)")
 
 
 def test_non_finite_weights_are_never_saved(dataset, base_run, tmp_path, monkeypatch):

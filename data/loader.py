@@ -29,8 +29,12 @@ def _run(data_dir, verb="run"):
     if name == "c4":  # the only prepare with options (and an --out): say where the shards come from
         return (f"{verb} `python data/c4/prepare.py --out={data_dir}` "
                 f"(add --src=DIR to read local C4 json.gz shards instead of downloading)")
-    if os.path.dirname(os.path.abspath(data_dir)) != os.path.dirname(os.path.abspath(__file__)):
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.dirname(os.path.abspath(data_dir)) != here:
         return f"{verb} the data/*/prepare.py that writes {data_dir}"   # a folder elsewhere
+    if not os.path.isfile(os.path.join(here, name, "prepare.py")):   # a name no prepare.py makes
+        known = sorted(d for d in os.listdir(here) if os.path.isfile(os.path.join(here, d, "prepare.py")))
+        return f"no data/{name}/prepare.py makes it: the datasets are {', '.join(known)} (or a folder path)"
     return f"{verb} `python data/{name}/prepare.py`"
 
 
