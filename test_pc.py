@@ -3236,8 +3236,19 @@ def test_export_loads_in_transformers(tmp_path, tied, shape):
     x, _ = batch(13)
     same_function(m, theirs, x)
     prompt = x[:1, :5]
-    out = theirs.generate(prompt, max_new_tokens=T - 5, do_sample=False, pad_token_id=0)
+    out = theirs.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=T - 5, do_sample=False)
     assert torch.equal(out, greedy(m, prompt, T - 5))
+    # a left-padded batch (as generate() batches prompts of different lengths): each row computes
+    # what gpt.py computes on the row without its padding
+    short = x[1:, :9]
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), short], dim=1)
+    both, mask = torch.cat([x[:1, :13], padded]), torch.tensor([[1] * 13, [0] * 4 + [1] * 9])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)   # (transformers' GPT-2 takes them from the mask in generate only)
+    logits = theirs(both, attention_mask=mask, position_ids=pos).logits
+    torch.testing.assert_close(logits[1, 4:], all_logits(m, short)[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[0], all_logits(m, x[:1, :13])[0], rtol=0, atol=1e-5)
+    gen = theirs.generate(both, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(gen[1, 4:], greedy(m, short, 3)[0]) and torch.equal(gen[0], greedy(m, x[:1, :13], 3)[0])
 
 
 def test_export_gpt2_tokenizer(tmp_path):

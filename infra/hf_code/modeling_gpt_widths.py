@@ -6,8 +6,10 @@ It computes what gpt.py's GPT computes, restated here because transformers loads
 own, without the project: pre-LayerNorm blocks, causal attention of n_head heads of head_dim each,
 a tanh-GELU MLP of n_inner, learned positions. The tensors are the ones in model.safetensors, under
 gpt.py's names; the four matrices GPT-2 stores as Conv1D are (in, out), as GPT-2's files hold them.
-No key/value cache: generate() recomputes the whole context at every step, as gpt.py's does, and
-refuses a padded batch (an attention_mask with zeros), which this model has no way to honour.
+No key/value cache: generate() recomputes the whole context at every step, as gpt.py's does. A
+padded batch (attention_mask with zeros, e.g. left padding for generate) is computed as transformers'
+GPT-2 computes it in generate(): positions count real tokens only (unless position_ids are given),
+and no token attends to padding.
 """
 import torch
 import torch.nn as nn
@@ -37,11 +39,14 @@ class Attention(nn.Module):
         self.c_attn = InOut(c.n_embd, 3 * c.n_head * c.head_dim, c.bias)
         self.c_proj = InOut(c.n_head * c.head_dim, c.n_embd, c.bias)
 
-    def forward(self, x):
+    def forward(self, x, mask=None):
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.n_head * self.head_dim, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -63,8 +68,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
         self.mlp = MLP(c)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, mask=None):
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -96,17 +101,22 @@ class GPTWidthsForCausalLM(PreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        if attention_mask is not None and not bool(attention_mask.all()):
-            raise ValueError("this model has no padding support: pass unpadded sequences "
-                             "(an attention_mask of ones), one batch per length")
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None, **kwargs):
         T = input_ids.shape[1]
         if T > self.config.n_positions:
             raise ValueError(f"sequence length {T} exceeds n_positions={self.config.n_positions}")
-        pos = torch.arange(T, device=input_ids.device)
+        pos, mask = torch.arange(T, device=input_ids.device), None
+        if attention_mask is not None and not bool(attention_mask.all()):   # padding
+            real = attention_mask.bool()
+            pos = (real.long().cumsum(-1) - 1).clamp(min=0)                  # a real token's position
+            causal = torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+            eye = torch.eye(T, dtype=torch.bool, device=real.device)         # (a pad sees itself: no empty row)
+            mask = ((causal & real[:, None, None, :]) | eye)                 # (B, 1, T, T)
+        if position_ids is not None:   # as generate() passes them
+            pos = position_ids
         x = self.transformer.wte(input_ids) + self.transformer.wpe(pos)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, mask)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
         if labels is not None:   # labels = input_ids, shifted here, as transformers' GPT-2 does
@@ -115,5 +125,6 @@ class GPTWidthsForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutput(loss=loss, logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
-        # no cache: the whole context every step (gpt.py's generate does the same)
+        # no cache: the whole context every step (gpt.py's generate does the same); positions from
+        # the mask, in forward
         return dict(input_ids=input_ids, attention_mask=attention_mask)
