@@ -11,8 +11,14 @@ that cannot alter behaviour, which the report lets you judge).
     python mutate.py                          # 100 mutants sampled from the default files, 2 at a time
     python mutate.py --n=30 --files=pc.py     # a quick look at one file
     python mutate.py --list=True              # every candidate, without running anything
+    python mutate.py --semantic=True          # the hand-written faults of SEMANTIC below instead
 
-Prints one line per mutant and the score; writes out/mutate/report.json.
+Token-level mutants find some holes; slips of meaning find others. SEMANTIC lists faults of the
+second kind, each one whole-expression or whole-statement change that keeps the program running and
+changes what it computes or reports: a wrong definition, a setting one arm ignores, a check that
+compares less than it says, a table cell from the wrong run, an unsafe order of writes.
+
+Prints one line per mutant and the score; writes out/mutate/report.json (semantic.json).
 """
 import ast
 import json
@@ -40,12 +46,94 @@ OPTIONS = dict(
     jobs=2,                 # mutants tested at once (each its own copy)
     timeout=600,            # seconds before a mutant's suite counts as failing
     list=False,             # print every candidate and stop
+    semantic=False,         # run the hand-written faults of SEMANTIC (all of them) instead
     out=os.path.join(HERE, 'out', 'mutate'),
 )
 SWAP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
         ast.NotEq: ast.Eq, ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
         ast.FloorDiv: ast.Div, ast.Mod: ast.FloorDiv, ast.And: ast.Or, ast.Or: ast.And,
         ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+
+
+# (file, the code as it is, the code with the fault, what the fault means): each `old` occurs
+# exactly once in its file (checked before anything runs).
+SEMANTIC = [
+    ('pc.py', "{'ln_1': 'D', 'ln_2': 'D', 'mlp.c_fc': 'F'}", "{'ln_1': 'D', 'ln_2': 'D', 'mlp.gelu': 'F'}",
+     "activation importance of MLP units read after the GELU, not at c_fc's output"),
+    ('pc.py', "        model.eval()\n        try:", "        model.train()\n        try:",
+     "activation importance computed in train mode (dropout on)"),
+    ('pc.py', "add(r, l, out.abs().sum((0, 1)))", "add(r, l, out.sum((0, 1)).abs())",
+     "activation importance as |sum a| instead of sum |a|"),
+    ('pc.py', "norms = part.norm(dim=1 - axis)", "norms = part.abs().sum(dim=1 - axis)",
+     "magnitude importance as an L1 norm instead of L2"),
+    ('train.py', "fixed_batches(data_dir, 'train', c.block_size, c.batch_size, c.importance_batches,",
+     "fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.importance_batches,",
+     "calibration batches from the validation split"),
+    ('train.py', "c.batch_size, c.importance_batches,\n", "c.batch_size, 8,\n",
+     "importance_batches ignored"),
+    ('train.py', "r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)", "r.model = pc.hard_prune(base, r.keep, dropout=0.0)",
+     "HPR ignores dropout (PC honours it)"),
+    ('train.py', "        return c.decay_vectors", "        return False", "decay_vectors ignored"),
+    ('train.py', "    return (1 - alpha) * ce + alpha * T * T * kl", "    return (1 - alpha) * ce + alpha * T * kl",
+     "distillation's KL not scaled by T^2"),
+    ('train.py', "max(1, total - 1 - c.warmup_iters)", "max(1, total - c.warmup_iters)",
+     "the cosine reaches min_lr one step after the last"),
+    ('infra/checkpoint.py', "'device', 'compile', 'peak_flops', 'base_ckpt')", "'device', 'compile', 'peak_flops', 'base_ckpt', 'grad_clip')",
+     "a resume accepts another grad_clip"),
+    ('infra/checkpoint.py', "if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:",
+     "if resume is not None and resume.get('base_ckpt') != r.base_info['base_ckpt']:",
+     "a resume's base checked by path, not by its bytes"),
+    ('infra/settings.py', "if model_tokenizer and data_tokenizer and model_tokenizer != data_tokenizer:",
+     "if model_tokenizer and data_tokenizer and model_tokenizer.get('tokenizer') != data_tokenizer.get('tokenizer'):",
+     "the tokenizer check compares the kind, not the vocabulary"),
+    ('infra/processes.py', "            for k in sorted(v):\n                feed(k)\n", "            for k in sorted(v):\n",
+     "fingerprints ignore dict keys"),
+    ('compare.py', "best = min(runs, key=lambda r: r['val_loss'])", "best = min(runs, key=lambda r: r['train_loss'])",
+     "the race takes each arm's best training-loss rate, not its best held-out rate"),
+    ('compare.py', "f\"{p['val_loss'] - h['val_loss']:+.4f} / {p['train_loss'] - h['train_loss']:+.4f}\"",
+     "f\"{h['val_loss'] - p['val_loss']:+.4f} / {p['train_loss'] - h['train_loss']:+.4f}\"",
+     "PC - HPR printed as HPR - PC (held-out)"),
+    ('compare.py', "v = f\"**{v}**\" if other is None or r[key] <= other[key] else v",
+     "v = f\"**{v}**\" if other is None or r['val_loss'] <= other['val_loss'] else v",
+     "the bold of the training-loss table follows held-out loss"),
+    ('compare.py', "at_edge=len(tried) > 1 and best['lr'] in (tried[0], tried[-1])", "at_edge=len(tried) > 1 and best['lr'] == tried[0]",
+     "a best at the highest rate tried is not flagged as at the edge"),
+    ('compare.py', "total, steps = total + r['loss'] * r['steps'], steps + r['steps']", "total, steps = total + r['loss'], steps + 1",
+     "the paper's measure as a mean of log records, not of steps"),
+    ('gpt.py', "idx_cond = idx[:, -self.config.block_size:]", "idx_cond = idx",
+     "generate() does not crop the context to block_size"),
+    ('gpt.py', "logits = logits[:, -1, :] / temperature", "logits = logits[:, -1, :]",
+     "generate() ignores the temperature"),
+    ('sample.py', "top_k=cfg['top_k'] or None", "top_k=cfg['top_k'] or 1",
+     "sample.py's --top_k=0 means greedy, not all tokens"),
+    ('infra/checkpoint.py', "        **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)\n"
+     "    for old in glob.glob(glob.escape(path) + '.*of*'):\n        if os.path.basename(old) not in shards:\n"
+     "            os.remove(old)",
+     "        **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)",
+     "older checkpoints' shares are never removed"),
+    ('compare.py', "done.get('base_sha256') != base_sha256(cfg['base_ckpt'])", "False",
+     "a finished arm run is reused after its base changed"),
+    ('eval.py', "out[i] = (logprob, bool((picked.argmax(-1) == target).all()))", "out[i] = (logprob, bool((picked.argmax(-1) == target).any()))",
+     "is_greedy true when any continuation token is the argmax"),
+    ('infra/files.py', "        other = sorted(set(os.listdir(folder)) - set(may_replace))", "        other = []",
+     "an export replaces a folder holding other files"),
+]
+
+
+def semantic_candidates():
+    """SEMANTIC as mutants of the same form as candidates(): the replaced span and its new text."""
+    out = []
+    for path, old, new, what in SEMANTIC:
+        source = open(os.path.join(HERE, path)).read()
+        if source.count(old) != 1:
+            raise SystemExit(f"error: a SEMANTIC fault of {path} no longer matches its code exactly once "
+                             f"({what}); update it to the code")
+        at = source.index(old)
+        line, col = source.count('\n', 0, at) + 1, at - source.rfind('\n', 0, at) - 1
+        end = at + len(old)
+        end_line, end_col = source.count('\n', 0, end) + 1, end - source.rfind('\n', 0, end) - 1
+        out.append((path, line, end_line, col, end_col, new, what))
+    return out
 
 
 def docstrings(tree):
@@ -179,13 +267,15 @@ def main(argv=None):
     not_python = [f for f in files if not f.endswith('.py')]
     if not_python:
         raise SystemExit(f"error: {not_python[0]} is not Python; mutate.py changes .py files only")
-    pool = [c for f in files for c in candidates(f)]
+    pool = semantic_candidates() if args.semantic else [c for f in files for c in candidates(f)]
+    if args.semantic:
+        files = sorted({c[0] for c in pool})
     if args.list:
         for c in pool:
             print(f"{c[0]}:{c[1]}  {c[6]}")
         print(f"{len(pool)} candidates")
         return None
-    chosen = random.Random(args.seed).sample(pool, min(args.n, len(pool)))
+    chosen = pool if args.semantic else random.Random(args.seed).sample(pool, min(args.n, len(pool)))
     sources = {f: open(os.path.join(HERE, f)).read() for f in files}   # as mutated, whatever happens later
     workdirs = []
     tmp = tempfile.mkdtemp(prefix='mutate-')
@@ -215,7 +305,7 @@ def main(argv=None):
     print(f"\n{len(caught)} of {len(valid)} mutants caught ({100 * score:.1f}%), "
           f"{len(results) - len(valid)} invalid, in {time.time() - t0:.0f} s")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, 'report.json'), 'w') as f:
+    with open(os.path.join(args.out, 'semantic.json' if args.semantic else 'report.json'), 'w') as f:
         json.dump(dict(args=vars(args), score=score, results=results), f, indent=1)
     return score
 
