@@ -1794,7 +1794,8 @@ def test_a_finished_model_is_not_resumed(dataset, base_run, tmp_path):
                  match=r"ckpt.pt is a finished model, not a training checkpoint: nothing to resume")
 
 
-def test_a_kill_between_shares_and_ckpt_after_a_resume_loses_nothing(dataset, base_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize('where', ['before ckpt.pt', 'while writing ckpt.pt'])
+def test_a_kill_between_shares_and_ckpt_after_a_resume_loses_nothing(where, dataset, base_run, tmp_path, monkeypatch):
     """A resumed PC run saves again at its checkpoint's own iteration. Killed after writing the new
     shares and before the new ckpt.pt, it leaves the old ckpt.pt naming shares that are still on
     disk and still its own: the run resumes again and ends bit for bit where an uninterrupted run
@@ -1807,7 +1808,12 @@ def test_a_kill_between_shares_and_ckpt_after_a_resume_loses_nothing(dataset, ba
     run(dataset, out, stop_iter=3, **pc_run)
     def killed(*a, **k):
         raise KeyboardInterrupt()   # as a kill between the shares and ckpt.pt
-    monkeypatch.setattr(checkpoint, 'write_main', killed)
+    if where == 'before ckpt.pt':
+        monkeypatch.setattr(checkpoint, 'write_main', killed)
+    else:   # the new ckpt.pt is being written: the old one and every share it names must still be there
+        real = checkpoint.save_checked
+        monkeypatch.setattr(checkpoint, 'save_checked',
+                            lambda obj, path: killed() if path.endswith('ckpt.pt') else real(obj, path))
     with pytest.raises(KeyboardInterrupt):
         run(dataset, out, init_from='resume', **pc_run)
     monkeypatch.undo()
@@ -1875,6 +1881,37 @@ def test_summary_describes_its_checkpoint(dataset, tmp_path):
     assert json.load(open(out / 'summary.json'))['iters'] == s['iters'] == load_ckpt(out)['iter'] == 4
     run(dataset, out, arm='base', max_iters=4, eval_interval=2, stop_iter=2)
     assert not (out / 'summary.json').exists() and load_ckpt(out)['iter'] == 2
+
+
+@pytest.mark.parametrize('method', ['activation', 'random'])
+def test_kept_dimensions_by_hand(method, dataset, base_run, tmp_path):
+    """Both arms keep the same dimensions: the top scores of the asked importance, computed on
+    importance_batches calibration batches of the training split drawn with the run's seed
+    (activation) or from the run's seed (random), at the widths the compression asks."""
+    base = load_gpt(base_run['ckpt'])
+    small, _ = pc.compressed_config(base.config, compression=0.5)
+    calib = fixed_batches(dataset, 'train', TINY['block_size'], TINY['batch_size'], 3, seed=7)
+    want = select(importance(base, method, calib if method == 'activation' else None, seed=7), small.n_embd, small.d_ff)
+    other = select(importance(base, method, fixed_batches(dataset, 'train', TINY['block_size'], TINY['batch_size'], 3, seed=8)
+                              if method == 'activation' else None, seed=8), small.n_embd, small.d_ff)
+    assert not torch.equal(want['F'], other['F'])   # the seed matters here, so a run ignoring it would show
+    for arm in ('pc', 'hpr'):
+        r = setup_run(dataset, tmp_path / arm, arm=arm, base_ckpt=base_run['ckpt'], compression=0.5, importance=method,
+                      importance_batches=3, seed=7, max_iters=2)
+        assert torch.equal(r.keep['D'], want['D']) and torch.equal(r.keep['F'], want['F']), arm
+
+
+@pytest.mark.parametrize('arm', ['base', 'pc', 'hpr'])
+def test_every_arm_uses_the_asked_optimizer_settings(arm, dataset, base_run, tmp_path):
+    """AdamW's betas, weight decay and learning rate are the run's settings in every arm (PC's
+    projections and residuals included), not torch's defaults or the base's."""
+    extra = {} if arm == 'base' else dict(base_ckpt=base_run['ckpt'], compression=0.5, importance='magnitude')
+    r = setup_run(dataset, tmp_path / arm, arm=arm, beta1=0.8, beta2=0.97, weight_decay=0.05, learning_rate=3e-3,
+                  decay_vectors=True, decay_projections=True, max_iters=2, **extra)
+    groups = r.optimizer.param_groups
+    assert all(g['betas'] == (0.8, 0.97) for g in groups)
+    assert {g['weight_decay'] for g in groups if g['params']} == {0.05}
+    assert sum(p.numel() for g in groups for p in g['params']) == r.n_trainable
 
 
 @pytest.mark.parametrize('arm', ['pc', 'hpr'])
@@ -2645,6 +2682,97 @@ def test_compare_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert compare.main(args) == race
     assert os.path.getmtime(ckpt) == stamp and capsys.readouterr().out.count('reusing') == 18
+
+
+def test_compare_tables_are_their_runs(tmp_path):
+    """Every number of compare.md, recomputed here from the runs' own summary.json and
+    metrics.jsonl: the rate chosen for each arm (its best held-out loss, flagged at the edge of the
+    sweep), each held-out cell, each cell of the paper's measure (the mean training loss of the last
+    steps, weighted by the steps each log record holds), each bold mark (the better of each pair, in
+    each table by its own measure), each difference (PC - HPR) and the sweep table. The runs' numbers
+    are rewritten so that every choice matters: the best held-out rate is not the best training-loss
+    rate, the weighting changes a mean, and one pair's order differs between the two measures."""
+    ds = write_dataset(tmp_path / 'ds')
+    lo, hi = 2 ** -9, 2 ** -6
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3,6', '--lrs=2^-9,2^-6')
+    compare.main(args)
+    runs = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())['runs']
+    # (arm, iters, lr) -> (held-out loss, [(training loss, steps) of the log records, oldest first])
+    crafted = {('hpr', 3, lo): (2.50, [(9.0, 1), (2.0, 1), (1.0, 2)]), ('hpr', 3, hi): (2.40, [(9.0, 1), (3.0, 1), (2.6, 2)]),
+               ('pc', 3, lo): (2.45, [(9.0, 1), (2.2, 1), (1.1, 2)]), ('pc', 3, hi): (2.46, [(9.0, 1), (1.0, 1), (1.0, 2)]),
+               ('hpr', 6, lo): (2.30, [(9.0, 4), (1.9, 1), (1.3, 1)]), ('hpr', 6, hi): (2.31, [(9.0, 4), (1.2, 1), (1.2, 1)]),
+               ('pc', 6, lo): (2.33, [(9.0, 4), (1.5, 1), (1.0, 1)]), ('pc', 6, hi): (2.20, [(9.0, 4), (2.5, 1), (2.5, 1)])}
+    for r in runs:
+        val, train_recs = crafted[r['arm'], r['iters'], r['lr']]
+        folder = r['out_dir']
+        summary = json.loads(open(os.path.join(folder, 'summary.json')).read())
+        summary['val_loss'] = val
+        files.write_text(os.path.join(folder, 'summary.json'), json.dumps(summary))
+        evals = compare.records(folder, 'eval')
+        evals[-1]['val_loss'] = val
+        it, lines = 0, []
+        for loss, steps in train_recs:
+            it += steps
+            lines.append(dict(kind='train', iter=it, tokens=it * 64, loss=loss, steps=steps))
+        files.write_text(os.path.join(folder, 'metrics.jsonl'), ''.join(json.dumps(x) + '\n' for x in evals + lines))
+
+    def paper_measure(folder, n=3):   # the last n steps' mean, each record weighing its steps
+        recs = [json.loads(l) for l in open(os.path.join(folder, 'metrics.jsonl')) if '"train"' in l]
+        total = steps = 0
+        for rec in reversed(recs):
+            if steps >= n:
+                break
+            total, steps = total + rec['loss'] * rec['steps'], steps + rec['steps']
+        return total / steps
+
+    race = compare.main(args)
+    md = (tmp_path / 'cmp' / 'compare.md').read_text()
+    name = lambda lr: f"2^{int(math.log2(lr))}"
+    chosen = {}
+    for arm in ('hpr', 'pc'):
+        for n in (3, 6):
+            mine = [r for r in runs if (r['arm'], r['iters']) == (arm, n)]
+            vals = {r['lr']: json.loads(open(os.path.join(r['out_dir'], 'summary.json')).read())['val_loss'] for r in mine}
+            trains = {r['lr']: paper_measure(r['out_dir']) for r in mine}
+            best = min(vals, key=vals.get)
+            chosen[arm, n] = dict(lr=best, val=vals[best], train=trains[best], vals=vals, edge=True)   # 2 rates: always an edge
+    # the choices matter: a best held-out rate that is not the best training-loss rate, a weighting
+    # that changes a mean, and a pair in another order by the two measures
+    assert any(min(c['vals'], key=c['vals'].get) != min({r['lr']: paper_measure(r['out_dir']) for r in runs
+               if (r['arm'], r['iters']) == k}.items(), key=lambda kv: kv[1])[0] for k, c in chosen.items())
+    assert paper_measure(next(r['out_dir'] for r in runs if (r['arm'], r['iters'], r['lr']) == ('hpr', 3, lo))) != (2.0 + 1.0) / 2
+    assert any((chosen['pc', n]['val'] < chosen['hpr', n]['val']) != (chosen['pc', n]['train'] < chosen['hpr', n]['train'])
+               for n in (3, 6))
+    assert {(r['arm'], r['iters']): r['lr'] for r in race} == {k: c['lr'] for k, c in chosen.items()}
+    base = next(r for r in race)
+    params = f"{base['params']:,} | "
+    for key in ('val', 'train'):
+        for arm, other in (('hpr', 'pc'), ('pc', 'hpr')):
+            cells = []
+            for n in (3, 6):
+                mine, theirs = chosen[arm, n][key], chosen[other, n][key]
+                v = f"{mine:.4f}"
+                cells.append(f"{f'**{v}**' if mine <= theirs else v} @ {name(chosen[arm, n]['lr'])} (edge)")
+            trained = next(r['trainable_params'] for r in race if r['arm'] == arm)
+            row = f"| magnitude | 50% | final | {arm.upper()} | {params}{trained:,} | " + ' | '.join(cells) + ' |'
+            assert row in md, (key, row)
+    diffs = ' | '.join(f"{chosen['pc', n]['val'] - chosen['hpr', n]['val']:+.4f} / "
+                       f"{chosen['pc', n]['train'] - chosen['hpr', n]['train']:+.4f}" for n in (3, 6))
+    assert f"| magnitude | 50% | final | {diffs} |" in md
+    for arm in ('hpr', 'pc'):
+        for n in (3, 6):
+            c = chosen[arm, n]
+            cells = ' | '.join(f"**{c['vals'][lr]:.4f}**" if lr == c['lr'] else f"{c['vals'][lr]:.4f}" for lr in (lo, hi))
+            assert f"| magnitude | 50% | final | {n} | {arm.upper()} (edge) | {cells} |" in md
+    # the base's line, from its own summary; the arm settings of the command line reached both arms
+    b = json.loads((tmp_path / 'base' / 'summary.json').read_text())
+    assert (f"Base (final): {b['params']:,} parameters; 2 layers, n_embd 32, d_ff 128; {b['tokens']:,} tokens "
+            f"({b['tokens'] / b['params']:.1f} per parameter); validation loss {b['val_loss']:.4f}") in md
+    assert b['config']['warmup_iters'] == 1
+    for r in runs:
+        c = json.loads(open(os.path.join(r['out_dir'], 'summary.json')).read())['config']
+        assert (c['arm'], c['warmup_iters'], c['eval_interval'], c['max_iters'], c['learning_rate']) == \
+            (r['arm'], 2, 3, r['iters'], r['lr'])
 
 
 def test_compare_bad_options(tmp_path):
@@ -3775,84 +3903,3 @@ def test_compare_eval_tasks(tmp_path, capsys, monkeypatch):
              match=r"--eval_limit=-1 must not be negative")   # before any run
     assert not (tmp_path / 'other').exists()
 
-
-def test_compare_tables_are_their_runs(tmp_path):
-    """Every number of compare.md, recomputed here from the runs' own summary.json and
-    metrics.jsonl: the rate chosen for each arm (its best held-out loss, flagged at the edge of the
-    sweep), each held-out cell, each cell of the paper's measure (the mean training loss of the last
-    steps, weighted by the steps each log record holds), each bold mark (the better of each pair, in
-    each table by its own measure), each difference (PC - HPR) and the sweep table. The runs' numbers
-    are rewritten so that every choice matters: the best held-out rate is not the best training-loss
-    rate, the weighting changes a mean, and one pair's order differs between the two measures."""
-    ds = write_dataset(tmp_path / 'ds')
-    lo, hi = 2 ** -9, 2 ** -6
-    args = tiny_compare_args(tmp_path, ds, '--budgets=3,6', '--lrs=2^-9,2^-6')
-    compare.main(args)
-    runs = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())['runs']
-    # (arm, iters, lr) -> (held-out loss, [(training loss, steps) of the log records, oldest first])
-    crafted = {('hpr', 3, lo): (2.50, [(9.0, 1), (2.0, 1), (1.0, 2)]), ('hpr', 3, hi): (2.40, [(9.0, 1), (3.0, 1), (2.6, 2)]),
-               ('pc', 3, lo): (2.45, [(9.0, 1), (2.2, 1), (1.1, 2)]), ('pc', 3, hi): (2.46, [(9.0, 1), (1.0, 1), (1.0, 2)]),
-               ('hpr', 6, lo): (2.30, [(9.0, 4), (1.9, 1), (1.3, 1)]), ('hpr', 6, hi): (2.31, [(9.0, 4), (1.2, 1), (1.2, 1)]),
-               ('pc', 6, lo): (2.33, [(9.0, 4), (1.5, 1), (1.0, 1)]), ('pc', 6, hi): (2.20, [(9.0, 4), (2.5, 1), (2.5, 1)])}
-    for r in runs:
-        val, train_recs = crafted[r['arm'], r['iters'], r['lr']]
-        folder = r['out_dir']
-        summary = json.loads(open(os.path.join(folder, 'summary.json')).read())
-        summary['val_loss'] = val
-        files.write_text(os.path.join(folder, 'summary.json'), json.dumps(summary))
-        evals = compare.records(folder, 'eval')
-        evals[-1]['val_loss'] = val
-        it, lines = 0, []
-        for loss, steps in train_recs:
-            it += steps
-            lines.append(dict(kind='train', iter=it, tokens=it * 64, loss=loss, steps=steps))
-        files.write_text(os.path.join(folder, 'metrics.jsonl'), ''.join(json.dumps(x) + '\n' for x in evals + lines))
-
-    def paper_measure(folder, n=3):   # the last n steps' mean, each record weighing its steps
-        recs = [json.loads(l) for l in open(os.path.join(folder, 'metrics.jsonl')) if '"train"' in l]
-        total = steps = 0
-        for rec in reversed(recs):
-            if steps >= n:
-                break
-            total, steps = total + rec['loss'] * rec['steps'], steps + rec['steps']
-        return total / steps
-
-    race = compare.main(args)
-    md = (tmp_path / 'cmp' / 'compare.md').read_text()
-    name = lambda lr: f"2^{int(math.log2(lr))}"
-    chosen = {}
-    for arm in ('hpr', 'pc'):
-        for n in (3, 6):
-            mine = [r for r in runs if (r['arm'], r['iters']) == (arm, n)]
-            vals = {r['lr']: json.loads(open(os.path.join(r['out_dir'], 'summary.json')).read())['val_loss'] for r in mine}
-            trains = {r['lr']: paper_measure(r['out_dir']) for r in mine}
-            best = min(vals, key=vals.get)
-            chosen[arm, n] = dict(lr=best, val=vals[best], train=trains[best], vals=vals, edge=True)   # 2 rates: always an edge
-    # the choices matter: a best held-out rate that is not the best training-loss rate, a weighting
-    # that changes a mean, and a pair in another order by the two measures
-    assert any(min(c['vals'], key=c['vals'].get) != min({r['lr']: paper_measure(r['out_dir']) for r in runs
-               if (r['arm'], r['iters']) == k}.items(), key=lambda kv: kv[1])[0] for k, c in chosen.items())
-    assert paper_measure(next(r['out_dir'] for r in runs if (r['arm'], r['iters'], r['lr']) == ('hpr', 3, lo))) != (2.0 + 1.0) / 2
-    assert any((chosen['pc', n]['val'] < chosen['hpr', n]['val']) != (chosen['pc', n]['train'] < chosen['hpr', n]['train'])
-               for n in (3, 6))
-    assert {(r['arm'], r['iters']): r['lr'] for r in race} == {k: c['lr'] for k, c in chosen.items()}
-    base = next(r for r in race)
-    params = f"{base['params']:,} | "
-    for key in ('val', 'train'):
-        for arm, other in (('hpr', 'pc'), ('pc', 'hpr')):
-            cells = []
-            for n in (3, 6):
-                mine, theirs = chosen[arm, n][key], chosen[other, n][key]
-                v = f"{mine:.4f}"
-                cells.append(f"{f'**{v}**' if mine <= theirs else v} @ {name(chosen[arm, n]['lr'])} (edge)")
-            trained = next(r['trainable_params'] for r in race if r['arm'] == arm)
-            row = f"| magnitude | 50% | final | {arm.upper()} | {params}{trained:,} | " + ' | '.join(cells) + ' |'
-            assert row in md, (key, row)
-    diffs = ' | '.join(f"{chosen['pc', n]['val'] - chosen['hpr', n]['val']:+.4f} / "
-                       f"{chosen['pc', n]['train'] - chosen['hpr', n]['train']:+.4f}" for n in (3, 6))
-    assert f"| magnitude | 50% | final | {diffs} |" in md
-    for arm in ('hpr', 'pc'):
-        for n in (3, 6):
-            c = chosen[arm, n]
-            cells = ' | '.join(f"**{c['vals'][lr]:.4f}**" if lr == c['lr'] else f"{c['vals'][lr]:.4f}" for lr in (lo, hi))
-            assert f"| magnitude | 50% | final | {n} | {arm.upper()} (edge) | {cells} |" in md
