@@ -1230,6 +1230,12 @@ def drop_key_bias(state):
     return out
 
 
+def without_hash(ckpt):
+    """A checkpoint dict edited by a test: without the content hash its save put in it (which the
+    edit would no longer match), as a checkpoint from another writer."""
+    return {k: v for k, v in ckpt.items() if k != 'content_sha256'}
+
+
 def error_of(fn, *args, match=None, **kwargs):
     """Run fn, expect SystemExit with one line 'error: ...' (matching `match`); return it."""
     with pytest.raises(SystemExit, match=match) as e:
@@ -1539,7 +1545,7 @@ def test_pc_checkpoint_points_at_its_base(dataset, base_run, arm_runs, tmp_path)
     # resume against an altered base: refused, naming the base it was trained from
     d = str(tmp_path / 'resume_pc')
     shutil.copytree(arm_runs['pc'], d)
-    altered = dict(base)
+    altered = without_hash(base)   # another base: not the bytes the run was trained from
     altered['model'] = {k: v.clone() for k, v in base['model'].items()}
     altered['model']['transformer.wte.weight'][0, 0] += 1.0
     other = str(tmp_path / 'other_base.pt')
@@ -1775,6 +1781,7 @@ def test_resume_refuses_another_resolved_proj_dtype(dataset, base_run, tmp_path)
     run(dataset, out, stop_iter=3, **pc_run)
     ck = torch.load(out / 'ckpt.pt', weights_only=True)
     assert ck['proj_dtype'] == 'float32' and ck['config']['proj_dtype'] == 'auto'
+    ck = without_hash(ck)
     ck['proj_dtype'] = 'bfloat16'   # as a checkpoint written on CUDA
     torch.save(ck, out / 'ckpt.pt')
     error_of(lambda: run(dataset, out, init_from='resume', **pc_run),
@@ -2287,7 +2294,7 @@ def test_bad_inputs(dataset, base_run, tmp_path, monkeypatch):
     pc_ok = dict(arm='pc', base_ckpt=base_run['ckpt'], max_iters=2, eval_interval=100)
 
     error_of(go(**{**ok, 'dataset': '_no_such_dataset_for_tests'}),
-             match=r"dataset not prepared.*python data/_no_such_dataset_for_tests/prepare\.py")
+             match=r"dataset not prepared.*no data/_no_such_dataset_for_tests/prepare\.py makes it: the datasets are c4")
     error_of(go(**{**ok, 'dataset': str(tmp_path / 'empty')}), match=r"dataset not prepared")
     for arm in ('pc', 'hpr'):
         error_of(go(**{**pc_ok, 'arm': arm, 'block_size': 32}),
@@ -2694,7 +2701,7 @@ def test_compare_tables_are_their_runs(tmp_path):
     rate, the weighting changes a mean, and one pair's order differs between the two measures."""
     ds = write_dataset(tmp_path / 'ds')
     lo, hi = 2 ** -9, 2 ** -6
-    args = tiny_compare_args(tmp_path, ds, '--budgets=3,6', '--lrs=2^-9,2^-6')
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3,6', '--levels=0.5', '--lrs=2^-9,2^-6')
     compare.main(args)
     runs = json.loads((tmp_path / 'cmp' / 'compare.json').read_text())['runs']
     # (arm, iters, lr) -> (held-out loss, [(training loss, steps) of the log records, oldest first])
@@ -2860,7 +2867,7 @@ def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_ru
     trains the arms in two child processes (one thread each) and gets the numbers of one process,
     bit for bit."""
     common = [f'--base={base_run["ckpt"]}', f'--dataset={dataset}', '--block_size=16', '--batch_size=4',
-              '--eval_iters=2', '--log_interval=1', '--device=cpu', '--budgets=4', '--eval_interval=2',
+              '--eval_iters=2', '--log_interval=1', '--device=cpu', '--budgets=4', '--levels=0.5', '--eval_interval=2',
               '--warmup_iters=1', '--last_steps=2']
     one = compare.main(common + [f'--out_dir={tmp_path / "one"}'])
     two = compare.main(common + [f'--out_dir={tmp_path / "two"}', '--jobs=2'])
@@ -3681,7 +3688,7 @@ def test_sample_pc_checkpoint(arm_runs, tmp_path):
     paths = {}
     shutil.copytree(arm_runs['pc'], tmp_path / 'run')   # ckpt.pt names its shares of P and R beside it
     for name in ('ckpt.pt', 'merged.pt'):
-        ckpt = torch.load(os.path.join(arm_runs['pc'], name), weights_only=True)
+        ckpt = without_hash(torch.load(os.path.join(arm_runs['pc'], name), weights_only=True))
         ckpt['tokenizer'] = dict(tokenizer='char', chars=chars)
         paths[name] = str(tmp_path / 'run' / name)
         torch.save(ckpt, paths[name])
@@ -3836,10 +3843,13 @@ def test_eval_bad_inputs(tmp_path, monkeypatch):
     character model asked about text outside its vocabulary, a model that names no tokenizer."""
     import eval as evaluation
     monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+    real_manager = evaluation.task_manager
     tasks = lm_eval_tasks(tmp_path / 'tasks', [dict(question='ab', choices=['a', 'b'], label=0)],
                           [dict(text='abba')])
     run_eval = lambda *a: evaluation.main(list(a))
     t = f'--include_path={tasks}'
+    # lm-eval's own 14,000 tasks take 15 s to index: here the registry is the tasks written above
+    monkeypatch.setattr(evaluation, 'task_manager', lambda path, defaults: real_manager(path, False))
     error_of(run_eval, '--tasks=tiny_mc', t, match=r"give --model=")
     error_of(run_eval, '--model=gpt-5', match=r"--model=gpt-5 is no checkpoint \(\.pt\), model folder or pretrained name")
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_nope', t, match=r"lm-eval has no task 'tiny_nope'")
@@ -3872,7 +3882,7 @@ def test_compare_eval_tasks(tmp_path, capsys, monkeypatch):
     tasks = lm_eval_tasks(tmp_path / 'tasks', [dict(question=q, choices=['abc', 'xyz q'], label=i % 2)
                                                for i, q in enumerate(['the cat', 'a dog ran', 'on a mat'])],
                           [dict(text='the cat sat on a mat'), dict(text='a dog ran')])
-    args = tiny_compare_args(tmp_path, ds, '--budgets=3', '--eval_tasks=tiny_mc,tiny_ppl',
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3', '--levels=0.5', '--eval_tasks=tiny_mc,tiny_ppl',
                              f'--eval_include_path={tasks}')
     race = compare.main(args)
     md = (tmp_path / 'cmp' / 'compare.md').read_text()
