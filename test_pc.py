@@ -1326,7 +1326,9 @@ def test_one_settings_parser_for_every_script(capsys):
     error_of(parse, ['--n'], match=r"'--n' should look like --n=value")
     error_of(parse, ['--zz=1'], match=r"unknown setting 'zz' in the command line \(the settings: name, n, rate, flag\)$")
     error_of(parse, ['config.py'], match=r"'config.py' should look like --key=value")
-    for script in (parse, train.parse_args, sample.parse_args, bench.parse_args, compare.parse_options):
+    import eval as evaluation
+    for script in (parse, train.parse_args, sample.parse_args, bench.parse_args, evaluation.parse_args,
+                   compare.parse_options):
         with pytest.raises(SystemExit) as e:
             script(['--help'])
         assert e.value.code == 0
