@@ -2601,7 +2601,7 @@ def test_fingerprints_see_dtype_and_shape():
     assert fp(torch.zeros(4, dtype=torch.float32)) != fp(torch.zeros(4, dtype=torch.int32))
     assert fp([torch.ones(2), torch.zeros(2)]) != fp([torch.zeros(2), torch.ones(2)])
     assert fp(dict(a=1, b=torch.ones(1))) == fp(dict(b=torch.ones(1), a=1)) != fp(dict(a=2, b=torch.ones(1)))
-    assert fp(dict(lr=1, seed=2)) != fp(dict(seed=1, lr=2))   # the keys count, not only the values
+    assert fp(dict(lr=1)) != fp(dict(seed=1)) and fp(dict(a=1, b=2)) != fp(dict(a=1, c=2))   # the keys count too
 
 
 def test_processes_that_disagree_stop(dataset, base_run, tmp_path):
@@ -3749,13 +3749,13 @@ def lm_eval_tasks(folder, mc_docs, ppl_docs):
 def log_p(m, ids, start, end, first=0, greedy=False):
     """sum of log p(ids[j] | ids[first:j]) for j in [start, end), one forward per token (gpt.py's
     last-position logits): a computation apart from eval.py's batched, padded one. greedy: also
-    whether every ids[j] is the most likely token."""
-    total, all_argmax = 0.0, True
+    which of the ids[j] are the most likely token."""
+    total, argmax = 0.0, []
     for j in range(start, end):
         logits = m(torch.tensor([ids[first:j]]))[0][0, -1]
         total += torch.log_softmax(logits.double(), -1)[ids[j]].item()
-        all_argmax &= logits.argmax().item() == ids[j]
-    return (total, all_argmax) if greedy else total
+        argmax.append(logits.argmax().item() == ids[j])
+    return (total, argmax) if greedy else total
 
 
 def bpe_model(tmp_path, seed=23):
@@ -3783,8 +3783,9 @@ def test_eval_scores_are_gpt_log_likelihoods(tmp_path, monkeypatch):
         text = enc.decode([nxt])
         if text.startswith(' ') and text[1:].strip() == text[1:] and enc.encode(q + text) == enc.encode(q) + [nxt]:
             mc.append(dict(question=q, choices=['cat', text[1:]], label=1))
+            mc.append(dict(question=q, choices=['cat', text[1:] + ' mat'], label=1))   # greedy, then not
             break
-    assert len(mc) == 5
+    assert len(mc) == 6
     ppl = [dict(text=' '.join(rng.choice(words, n))) for n in (5, 20, 40)]   # one, two and three windows
     tasks = lm_eval_tasks(tmp_path / 'tasks', mc, ppl)
     out = tmp_path / 'r.json'
@@ -3798,13 +3799,13 @@ def test_eval_scores_are_gpt_log_likelihoods(tmp_path, monkeypatch):
             assert ctx == doc['question'] and cont == ' ' + doc['choices'][len(scores)]
             whole, n_ctx = enc.encode(ctx + cont), len(enc.encode(ctx))
             start = max(0, len(whole) - (T + 1))   # one window: the last block_size + 1 tokens
-            want, want_greedy = log_p(m, whole, n_ctx, len(whole), first=start, greedy=True)
-            assert ll == pytest.approx(want, abs=1e-5) and is_greedy == want_greedy
-            greedy_seen.add(want_greedy)
+            want, argmax = log_p(m, whole, n_ctx, len(whole), first=start, greedy=True)
+            assert ll == pytest.approx(want, abs=1e-5) and is_greedy == all(argmax)   # every token
+            greedy_seen.add((all(argmax), any(argmax)))
             scores.append(ll)
         right += int(np.argmax(scores)) == doc['label']
     assert any(len(enc.encode(d['question'])) > T for d in mc)
-    assert greedy_seen == {True, False}   # both answers of is_greedy were checked
+    assert greedy_seen == {(True, True), (False, True), (False, False)}   # all, some and none of the tokens greedy
     assert results['results']['tiny_mc']['acc,none'] == pytest.approx(right / len(mc))
     total_ll, total_words = 0.0, 0
     for sample in results['samples']['tiny_ppl']:
