@@ -435,9 +435,23 @@ def eval_settings(opts):
         raise SystemExit(f"error: --eval_limit={opts['eval_limit']} must not be negative (0: every example)")
     cfg = evaluation.parse_args([f"--tasks={opts['eval_tasks']}", f"--limit={opts['eval_limit']}",
                                  f"--include_path={opts['eval_include_path']}"])
-    evaluation.check(cfg, model_needed=False)
-    evaluation.task_names(evaluation.lm_eval_lib(), cfg)
+    try:
+        evaluation.check(cfg, model_needed=False)
+        evaluation.task_names(evaluation.lm_eval_lib(), cfg)
+    except SystemExit as e:   # eval.py's line, in compare.py's option names
+        line = str(e.code)
+        for theirs, ours in (('--tasks', '--eval_tasks'), ('--include_path', '--eval_include_path'),
+                             ('--limit', '--eval_limit')):
+            line = line.replace(theirs, ours)
+        raise SystemExit(line)
     return cfg
+
+
+def tasks_sha256(folder):
+    """sha256 of every file under an include_path (its task YAML and local data): a task edited
+    since a run was scored is scored again."""
+    paths = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names) if folder else []
+    return files.file_sha256(*paths) if paths else None
 
 
 def downstream_scores(race, bases, eval_cfg, opts):
@@ -445,6 +459,7 @@ def downstream_scores(race, bases, eval_cfg, opts):
     by base label), reused from eval.json when the model file and the eval settings are the same."""
     import eval as evaluation
     asked = {k: eval_cfg[k] for k in ('tasks', 'limit', 'include_path', 'num_fewshot', 'seed')}
+    asked['include_path_sha256'] = tasks_sha256(eval_cfg['include_path'])
 
     def scored(model_path, record):
         sha = checkpoint.base_sha256(model_path)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from data import tokenizer as tokenizers
 from infra import checkpoint, hf, settings
-from infra.files import check_writable, write_text
+from infra.files import write_text
 
 AUTHORS_TASKS = ('arc_easy,arc_challenge,hellaswag,piqa,winogrande,openbookqa,sciq,social_iqa,'
                  'lambada_standard,wikitext')
@@ -235,17 +235,36 @@ def evaluate(cfg, model=None, tokenizer=None):
     tokenizers.codec(tokenizer, f"'{cfg['model']}'")   # one line now if it names no tokenizer
     lm = gpt_lm(model, tokenizer, device, cfg['batch_size'], cfg['max_gen_toks'])
     seed = cfg['seed']
-    results = lm_eval.evaluator.simple_evaluate(
-        model=lm, tasks=names, task_manager=manager, num_fewshot=cfg['num_fewshot'],
-        limit=cfg['limit'] or None, log_samples=True, random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000)
+    try:
+        results = lm_eval.evaluator.simple_evaluate(
+            model=lm, tasks=names, task_manager=manager, num_fewshot=cfg['num_fewshot'],
+            limit=cfg['limit'] or None, log_samples=True, random_seed=seed, numpy_random_seed=seed,
+            torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=1000)
+    except OSError as e:   # a dataset not in the cache without network, a task's data file missing
+        raise SystemExit(f"error: lm-eval could not read a task's data ({type(e).__name__}: "
+                         f"{first_line(e)}); without network, fetch the datasets once on a machine with it "
+                         f"(HF_DATASETS_OFFLINE=1 then reads the cache), or give tasks of your own with --include_path")
+    except ValueError as e:   # what lm-eval refuses in the tasks asked: a task twice, too few examples, ...
+        raise SystemExit(f"error: lm-eval refused --tasks={cfg['tasks']} with --num_fewshot={cfg['num_fewshot']}: "
+                         f"{first_line(e)}")
     results['average_acc'] = average_acc(results)
     return results
 
 
+def first_line(e):
+    return (str(e).splitlines() or [''])[0][:200]
+
+
+def leaf_tasks(results):
+    """The tasks of results['results'] that are not groups (a group's row repeats its tasks')."""
+    groups = {g for g, subtasks in results.get('group_subtasks', {}).items() if subtasks}
+    return {t: r for t, r in results['results'].items() if t not in groups}
+
+
 def average_acc(results):
-    """Mean zero-shot accuracy ('acc') over the tasks that report one (perplexity tasks do not)."""
-    accs = [r['acc,none'] for r in results['results'].values() if isinstance(r.get('acc,none'), float)]
+    """Mean zero-shot accuracy ('acc') over the tasks that report one (perplexity tasks do not);
+    a group's own row is left out, so each of its tasks counts once."""
+    accs = [r['acc,none'] for r in leaf_tasks(results).values() if isinstance(r.get('acc,none'), float)]
     return sum(accs) / len(accs) if accs else math.nan
 
 
@@ -263,7 +282,7 @@ def report(results):
     """lm-eval's own table, then the average accuracy."""
     import lm_eval.utils
     return (lm_eval.utils.make_table(results).rstrip() + '\n\n'
-            f"average accuracy over {sum('acc,none' in r for r in results['results'].values())} tasks: "
+            f"average accuracy over {sum('acc,none' in r for r in leaf_tasks(results).values())} tasks: "
             f"{results['average_acc']:.4f}\n")
 
 
@@ -271,6 +290,7 @@ def save(results, path):
     """The results without the per-example samples (kept by log_samples for checking), as JSON."""
     import lm_eval.utils
     kept = {k: v for k, v in results.items() if k != 'samples'}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_text(path, json.dumps(kept, indent=2, default=lm_eval.utils.handle_non_serializable) + '\n')
 
 
@@ -278,8 +298,13 @@ def main(argv):
     cfg = parse_args(argv)
     if cfg['out'] and (os.path.isdir(cfg['out']) or not cfg['out'].endswith('.json')):
         raise SystemExit(f"error: --out={cfg['out']} should name a .json file")
-    if cfg['out']:
-        check_writable(os.path.dirname(os.path.abspath(cfg['out'])))
+    if cfg['out']:   # refused now, not after the evaluation
+        existing = os.path.dirname(os.path.abspath(cfg['out']))
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise SystemExit(f"error: --out={cfg['out']} cannot be written ({existing} is "
+                             f"{'a file' if not os.path.isdir(existing) else 'read-only'}); give another path")
     results = evaluate(cfg)
     print(report(results))
     if cfg['out']:

@@ -3867,6 +3867,29 @@ def test_eval_bad_inputs(tmp_path, monkeypatch):
              match=r"characters the model's vocabulary lacks: ' '")
     save_atomic(gpt_checkpoint(tiny_gpt(25)), str(tmp_path / 'old.pt'))
     error_of(run_eval, f'--model={tmp_path / "old.pt"}', '--tasks=tiny_mc', t, match=r"does not say which tokenizer")
+    # what lm-eval itself cannot do: one line each, not its traceback
+    _, bpe = bpe_model(tmp_path)
+    error_of(run_eval, f'--model={bpe}', '--tasks=tiny_mc', t, '--num_fewshot=5',
+             match=r"lm-eval refused --tasks=tiny_mc with --num_fewshot=5: ")   # one example only
+    (tmp_path / 'tasks' / 'mc.jsonl').unlink()   # a task whose data file is gone (as a dataset not downloaded)
+    error_of(run_eval, f'--model={bpe}', '--tasks=tiny_mc', t, match=r"lm-eval could not read a task's data "
+             r"\(FileNotFoundError: .*without network, fetch the datasets once")
+    (tmp_path / 'afile').write_text('x')
+    error_of(run_eval, f'--model={bpe}', '--tasks=tiny_ppl', t, f'--out={tmp_path / "afile" / "r.json"}',
+             match=r"--out=.*afile/r\.json cannot be written \(.*afile is a file\)")
+    evaluation.main([f'--model={bpe}', '--tasks=tiny_ppl', t, f'--out={tmp_path / "new" / "dir" / "r.json"}'])
+    assert (tmp_path / 'new' / 'dir' / 'r.json').exists()   # a missing folder is made
+
+
+def test_eval_average_counts_each_task_once():
+    """The average accuracy leaves out a group's own row, which repeats its tasks' accuracy."""
+    import eval as evaluation
+    results = dict(results={'grp': {'acc,none': 0.5}, 'a': {'acc,none': 0.2}, 'b': {'acc,none': 0.8},
+                            'ppl': {'word_perplexity,none': 9.0}},
+                   group_subtasks={'grp': ['a', 'b'], 'a': [], 'b': [], 'ppl': []})
+    assert evaluation.average_acc(results) == pytest.approx(0.5) and 'grp' not in evaluation.leaf_tasks(results)
+    results['results']['grp']['acc,none'] = 0.9   # a group's own figure changes nothing
+    assert evaluation.average_acc(results) == pytest.approx(0.5)
 
 
 def test_compare_eval_tasks(tmp_path, capsys, monkeypatch):
@@ -3914,5 +3937,13 @@ def test_compare_eval_tasks(tmp_path, capsys, monkeypatch):
     assert '== lm-eval' not in capsys.readouterr().out
     error_of(compare.main, args + ['--eval_limit=-1', f'--out_dir={tmp_path / "other"}'],
              match=r"--eval_limit=-1 must not be negative")   # before any run
+    error_of(compare.main, args + ['--eval_tasks=,', f'--out_dir={tmp_path / "other"}'],
+             match=r"^error: --eval_tasks is empty")            # in compare.py's option names
     assert not (tmp_path / 'other').exists()
+    # a task edited since the runs were scored is scored again
+    (tmp_path / 'tasks' / 'mc.jsonl').write_text(''.join(json.dumps(dict(question='the cat', choices=['abc', 'xyz q'],
+                                                                          label=0)) + '\n' for _ in range(2)))
+    capsys.readouterr()
+    compare.main(args)
+    assert capsys.readouterr().out.count('== lm-eval') == 3   # the two arms and the base
 
