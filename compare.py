@@ -431,19 +431,10 @@ def eval_settings(opts):
     if not opts['eval_tasks']:
         return None
     import eval as evaluation
-    if opts['eval_limit'] < 0:
-        raise SystemExit(f"error: --eval_limit={opts['eval_limit']} must not be negative (0: every example)")
     cfg = evaluation.parse_args([f"--tasks={opts['eval_tasks']}", f"--limit={opts['eval_limit']}",
                                  f"--include_path={opts['eval_include_path']}"])
-    try:
-        evaluation.check(cfg, model_needed=False)
-        evaluation.task_names(evaluation.lm_eval_lib(), cfg)
-    except SystemExit as e:   # eval.py's line, in compare.py's option names
-        line = str(e.code)
-        for theirs, ours in (('--tasks', '--eval_tasks'), ('--include_path', '--eval_include_path'),
-                             ('--limit', '--eval_limit')):
-            line = line.replace(theirs, ours)
-        raise SystemExit(line)
+    evaluation.check(cfg, model_needed=False, prefix='eval_')
+    evaluation.task_names(evaluation.lm_eval_lib(), cfg, prefix='eval_')
     return cfg
 
 
@@ -544,7 +535,6 @@ def describe_base(path, summary):
 
 def tables(results, race, info, opts, swept):
     budgets_ = sorted({r['tokens'] for r in race})
-    imps = sorted({r['importance'] for r in race})
     order = lambda r: (r['importance'], r['level'], ['final', 'early', 'mid', 'given'].index(r['base']))
     lines = []
     for b, d in info.items():

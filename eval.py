@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from data import tokenizer as tokenizers
-from infra import checkpoint, hf, settings
-from infra.files import write_text
+from infra import checkpoint, settings
+from infra.files import check_writable, write_text
 
 AUTHORS_TASKS = ('arc_easy,arc_challenge,hellaswag,piqa,winogrande,openbookqa,sciq,social_iqa,'
                  'lambada_standard,wikitext')
@@ -61,7 +61,7 @@ def lm_eval_lib():
         import lm_eval.evaluator
         import lm_eval.tasks
         import lm_eval.utils
-        from lm_eval.api.model import TemplateLM
+        import lm_eval.api.model
     except ImportError as e:
         raise SystemExit(f"error: eval.py needs lm-evaluation-harness ({e.name} is missing): "
                          f"pip install -r requirements-eval.txt")
@@ -177,14 +177,16 @@ def gpt_lm(model, tokenizer, device='cpu', batch_size=16, max_gen_toks=256):
     return GPTLM()
 
 
-def task_names(lm_eval, cfg):
+def task_names(lm_eval, cfg, prefix=''):
     """The task list, each name checked against lm-eval's registry (and include_path) before any
-    model is loaded or dataset read."""
+    model is loaded or dataset read. prefix: what the options are called where they come from
+    (compare.py's are --eval_tasks, --eval_include_path)."""
+    opt = lambda key: f"--{prefix}{key}"
     if cfg['include_path'] and not os.path.isdir(cfg['include_path']):
-        raise SystemExit(f"error: --include_path={cfg['include_path']} is not a folder of task YAML files")
+        raise SystemExit(f"error: {opt('include_path')}={cfg['include_path']} is not a folder of task YAML files")
     names = [t.strip() for t in cfg['tasks'].split(',') if t.strip()]
     if not names:
-        raise SystemExit("error: --tasks is empty; give lm-eval task names, e.g. --tasks=piqa,wikitext")
+        raise SystemExit(f"error: {opt('tasks')} is empty; give lm-eval task names, e.g. {opt('tasks')}=piqa,wikitext")
     manager = None
     if cfg['include_path']:   # only your own tasks: no need to index lm-eval's 14,000 (15 s)
         manager = task_manager(cfg['include_path'], False)
@@ -194,7 +196,7 @@ def task_names(lm_eval, cfg):
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise SystemExit(f"error: lm-eval has no task {unknown[0]!r}; `python -m lm_eval ls tasks` lists "
-                         f"them (a task of your own: --include_path=<folder with its YAML>)")
+                         f"them (a task of your own: {opt('include_path')}=<folder with its YAML>)")
     return names, manager
 
 
@@ -205,33 +207,25 @@ def task_manager(include_path, defaults):
     return lm_eval.tasks.TaskManager(include_path=include_path or None, include_defaults=defaults)
 
 
-def check(cfg, model_needed=True):
+def check(cfg, model_needed=True, prefix=''):
+    """The numbers and the model, refused now with one line (prefix: as in task_names)."""
     for key in ('num_fewshot', 'limit'):
         if cfg[key] < 0:
-            raise SystemExit(f"error: --{key}={cfg[key]} must not be negative")
+            raise SystemExit(f"error: --{prefix}{key}={cfg[key]} must not be negative (0: {'none' if key == 'num_fewshot' else 'every example'})")
     for key in ('batch_size', 'max_gen_toks'):
         if cfg[key] < 1:
-            raise SystemExit(f"error: --{key}={cfg[key]} must be positive")
-    if not model_needed:
-        return
-    if not cfg['model']:
-        raise SystemExit("error: give --model=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
-                         "gpt2-large / gpt2-xl>")
-    if not os.path.exists(cfg['model']) and not cfg['model'].endswith('.pt') and cfg['model'] not in hf.PRETRAINED:
-        raise SystemExit(f"error: --model={cfg['model']} is no checkpoint (.pt), model folder or "
-                         f"pretrained name ({', '.join(hf.PRETRAINED)})")
+            raise SystemExit(f"error: --{prefix}{key}={cfg[key]} must be positive")
+    if model_needed:
+        checkpoint.check_model_spec(cfg['model'], '--model')
 
 
-def evaluate(cfg, model=None, tokenizer=None):
-    """lm-eval's results dict (its 'results', 'configs', 'samples', ...) for cfg's model and tasks.
-    model and tokenizer may be given directly (compare.py does), else they come from cfg['model']."""
-    if model is None:
-        check(cfg)
+def evaluate(cfg):
+    """lm-eval's results dict (its 'results', 'configs', 'samples', ...) for cfg's model and tasks."""
+    check(cfg)
     lm_eval = lm_eval_lib()
     names, manager = task_names(lm_eval, cfg)
     device = settings.resolve_device(settings.check_device(cfg['device']))
-    if model is None:
-        model, tokenizer = checkpoint.load_model(cfg['model'], 'cpu')
+    model, tokenizer = checkpoint.load_model(cfg['model'], 'cpu')
     tokenizers.codec(tokenizer, f"'{cfg['model']}'")   # one line now if it names no tokenizer
     lm = gpt_lm(model, tokenizer, device, cfg['batch_size'], cfg['max_gen_toks'])
     seed = cfg['seed']
@@ -299,12 +293,7 @@ def main(argv):
     if cfg['out'] and (os.path.isdir(cfg['out']) or not cfg['out'].endswith('.json')):
         raise SystemExit(f"error: --out={cfg['out']} should name a .json file")
     if cfg['out']:   # refused now, not after the evaluation
-        existing = os.path.dirname(os.path.abspath(cfg['out']))
-        while not os.path.exists(existing):
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-            raise SystemExit(f"error: --out={cfg['out']} cannot be written ({existing} is "
-                             f"{'a file' if not os.path.isdir(existing) else 'read-only'}); give another path")
+        check_writable(os.path.dirname(os.path.abspath(cfg['out'])), option='--out')
     results = evaluate(cfg)
     print(report(results))
     if cfg['out']:

@@ -21,7 +21,6 @@ AutoModelForCausalLM (trust_remote_code=True where the folder carries code) and 
 difference of its logits from gpt.py's on 4 random sequences of block_size tokens, and whether its
 greedy generate() gives gpt.py's tokens.
 """
-import os
 import sys
 
 import torch

@@ -86,7 +86,7 @@ SEMANTIC = [
     ('infra/settings.py', "if model_tokenizer and data_tokenizer and model_tokenizer != data_tokenizer:",
      "if model_tokenizer and data_tokenizer and model_tokenizer.get('tokenizer') != data_tokenizer.get('tokenizer'):",
      "the tokenizer check compares the kind, not the vocabulary"),
-    ('infra/processes.py', "            for k in sorted(v):\n                feed(k)\n", "            for k in sorted(v):\n",
+    ('infra/files.py', "            for k in sorted(v):\n                feed(k)\n", "            for k in sorted(v):\n",
      "fingerprints ignore dict keys"),
     ('compare.py', "best = min(runs, key=lambda r: r['val_loss'])", "best = min(runs, key=lambda r: r['train_loss'])",
      "the race takes each arm's best training-loss rate, not its best held-out rate"),

@@ -10,14 +10,13 @@ which is rebuilt over its base and merged), a folder written by export.py or in 
 layout, or a pretrained name (gpt2, gpt2-medium, gpt2-large, gpt2-xl). The tokenizer comes with the
 model (a checkpoint's character vocabulary or GPT-2 BPE), so no dataset folder is needed.
 """
-import os
 import sys
 from contextlib import nullcontext
 
 import torch
 
 from data import tokenizer
-from infra import checkpoint, hf, settings
+from infra import checkpoint, settings
 
 # Defaults; each can be set with --key=value.
 DEFAULTS = dict(
@@ -39,12 +38,7 @@ def parse_args(argv):
 
 def load(init_from, device='cpu'):
     """(GPT, (encode, decode)) from anything sample.py takes (see the top of this file)."""
-    if not init_from:
-        raise SystemExit("error: give --init_from=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
-                         "gpt2-large / gpt2-xl>")
-    if not os.path.exists(init_from) and not init_from.endswith('.pt') and init_from not in hf.PRETRAINED:
-        raise SystemExit(f"error: --init_from={init_from} is no checkpoint (.pt), model folder or "
-                         f"pretrained name ({', '.join(hf.PRETRAINED)})")
+    checkpoint.check_model_spec(init_from, '--init_from')
     model, tok = checkpoint.load_model(init_from, device)
     return model, tokenizer.codec(tok, f"'{init_from}'")
 

@@ -108,14 +108,22 @@ def load_base(spec, map_location='cpu'):
     return model.to(map_location), dict(source=where['source'], sha256=file_sha256(*where['files']),
                                         tokenizer=where['tokenizer'])
 
+def check_model_spec(spec, option):
+    """One line now, before any work, if the `option` setting names nothing load_model can read."""
+    if not spec:
+        raise SystemExit(f"error: give {option}=<checkpoint .pt, model folder, or gpt2 / gpt2-medium / "
+                         f"gpt2-large / gpt2-xl>")
+    if not os.path.exists(spec) and not spec.endswith('.pt') and spec not in hf.PRETRAINED:
+        raise SystemExit(f"error: {option}={spec} is no checkpoint (.pt), model folder or "
+                         f"pretrained name ({', '.join(hf.PRETRAINED)})")
+
+
 def load_model(spec, map_location='cpu'):
     """(GPT, tokenizer) from anything a finished model can be (sample.py and eval.py take it): what
     load_base reads, plus a PC run's ckpt.pt, rebuilt over its base and merged. tokenizer is the dict
     checkpoints carry ({} when unknown); data/tokenizer.codec turns it into (encode, decode)."""
     spec = str(spec)
-    if not spec:
-        raise SystemExit("error: give a model: a checkpoint .pt, a model folder, or gpt2 / gpt2-medium / "
-                         "gpt2-large / gpt2-xl")
+    check_model_spec(spec, 'model')
     if os.path.isfile(spec) or spec.endswith('.pt'):
         ckpt = load_checkpoint(spec, map_location)
         tokenizer = ckpt.get('tokenizer')
@@ -123,9 +131,6 @@ def load_model(spec, map_location='cpu'):
         if ckpt.get('kind', 'gpt') == 'pc':
             return load_projected(spec, map_location).merge(), tokenizer
         return gpt_from_checkpoint(ckpt, spec), tokenizer
-    if not os.path.isdir(spec) and spec not in hf.PRETRAINED:
-        raise SystemExit(f"error: '{spec}' is no checkpoint (.pt), model folder (config.json + "
-                         f"model.safetensors) or pretrained name ({', '.join(hf.PRETRAINED)})")
     model, where = hf.load_pretrained(spec)   # not load_base: no hashing of gpt2-xl's 6 GB
     return model.to(map_location), where['tokenizer']
 

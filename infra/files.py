@@ -60,28 +60,35 @@ def save_atomic(obj, path):
     write_atomic(path, lambda f: torch.save(obj, f))
 
 
-def content_sha256(obj):
-    """sha256 of everything in a checkpoint dict: each tensor's name, dtype, shape and bytes, each
-    other value's repr, in order. Saved inside the checkpoint, it lets a load tell a file whose bytes
-    changed on disk (same size, flipped bits: torch.load reads those without complaint)."""
+def fingerprint(value):
+    """sha256 of settings, tensors, and dicts and lists of them: each tensor's dtype, shape and
+    bytes, each other value's repr, dict keys in sorted order. What processes compare to agree, and
+    what a checkpoint keeps of its own contents."""
     h = hashlib.sha256()
 
-    def walk(x, where):
-        if torch.is_tensor(x):
-            t = x.detach().cpu().contiguous()
-            h.update(f"{where}:{t.dtype}:{tuple(t.shape)}:".encode())
+    def feed(v):
+        if torch.is_tensor(v):
+            t = v.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(x, dict):
-            for k, v in x.items():
-                if k != 'content_sha256':
-                    walk(v, f"{where}/{k}")
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                walk(v, f"{where}/{i}")
+        elif isinstance(v, dict):
+            for k in sorted(v):
+                feed(k)
+                feed(v[k])
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                feed(x)
         else:
-            h.update(f"{where}={x!r};".encode())
-    walk(obj, '')
+            h.update(repr(v).encode())
+    feed(value)
     return h.hexdigest()
+
+
+def content_sha256(obj):
+    """The fingerprint of a checkpoint dict without its own hash. Saved inside the checkpoint, it
+    lets a load tell a file whose bytes changed on disk (same size, flipped bits: torch.load reads
+    those without complaint)."""
+    return fingerprint({k: v for k, v in obj.items() if k != 'content_sha256'})
 
 
 def save_checked(obj, path):
@@ -117,10 +124,7 @@ def write_folder(folder, write, may_replace):
         os.makedirs(os.path.dirname(folder), exist_ok=True)
     except OSError as e:
         raise SystemExit(f"error: could not create {folder} ({e.strerror or e}); write to another folder")
-    for stale in glob.glob(glob.escape(folder) + '.*.tmpdir'):   # left by a writer killed mid-write
-        pid = stale.rsplit('.', 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(os.path.dirname(folder), glob.escape(os.path.basename(folder)) + '.*.tmpdir')
     tmp = f"{folder}.{os.getpid()}.tmpdir"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -153,8 +157,6 @@ def _exchange(a, b):
 
 
 def _alive(pid):
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -165,19 +167,16 @@ def _alive(pid):
 
 
 def remove_stale_temporaries(folder, pattern='*.tmp'):
-    """Remove the temporary files (`<name>.<pid>.tmp`) that writers killed mid-write left in folder.
-    A writer still alive (another process's pid) keeps its own."""
+    """Remove the temporaries (`<name>.<pid>.tmp` files, `<folder>.<pid>.tmpdir` folders) that
+    writers killed mid-write left in folder. A writer still alive keeps its own."""
     for tmp in glob.glob(os.path.join(glob.escape(folder), pattern)):
         pid = tmp.rsplit('.', 2)[-2]
-        try:
-            if pid.isdigit() and int(pid) != os.getpid():
-                os.kill(int(pid), 0)   # raises if no such process
-                continue
-        except ProcessLookupError:
-            pass
-        except PermissionError:        # alive, someone else's
+        if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
             continue
-        os.remove(tmp)
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.remove(tmp)
 
 
 def file_sha256(*paths):
@@ -197,15 +196,16 @@ def file_sha256(*paths):
 _held = {}   # out_dir -> the open lock file
 
 
-def check_writable(folder):
-    """One line now, not a traceback at the first checkpoint, if out_dir cannot be a writable
-    folder. Nothing is created yet: a run refused later leaves no trace."""
+def check_writable(folder, option='out_dir'):
+    """One line now, not a traceback at the first write, if `folder` cannot be a writable folder
+    (`option` names the setting that gave it). Nothing is created yet: a run refused later leaves
+    no trace."""
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
         why = 'is a file' if not os.path.isdir(existing) else 'is read-only'
-        raise SystemExit(f"error: out_dir={folder} cannot be written: {existing} {why}; pick another out_dir")
+        raise SystemExit(f"error: {option}={folder} cannot be written: {existing} {why}; pick another {option}")
 
 
 def claim(out_dir):

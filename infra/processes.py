@@ -6,7 +6,6 @@ process each function here is a no-op or what single-process code does anyway (o
 projection, torch's own gradient clipping), and training is train.py's loop alone.
 """
 import ctypes
-import hashlib
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ import torch.distributed as dist
 
 import costs
 from infra import settings
+from infra.files import fingerprint
 
 
 def start_processes(c):
@@ -152,26 +152,6 @@ def ranks_agree(params, world):
     every = [None] * world
     dist.all_gather_object(every, fingerprint(list(params)))
     return len(set(every)) == 1
-
-
-def fingerprint(value):
-    """sha256 of settings, tensors, and dicts and lists of them."""
-    h = hashlib.sha256()
-    def feed(v):
-        if torch.is_tensor(v):
-            h.update(f"{v.dtype}{tuple(v.shape)}".encode())
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        elif isinstance(v, dict):
-            for k in sorted(v):
-                feed(k)
-                feed(v[k])
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                feed(x)
-        else:
-            h.update(repr(v).encode())
-    feed(value)
-    return h.hexdigest()
 
 
 def agree(items, world):

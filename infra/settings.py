@@ -14,7 +14,6 @@ import ast
 import difflib
 import math
 import os
-import sys
 from types import SimpleNamespace
 
 import torch
