@@ -441,10 +441,7 @@ def build_model(r, resume, data_dir, vocab):
         if not c.base_ckpt:
             raise SystemExit(f"error: arm={c.arm} needs base_ckpt=<checkpoint of a base run>")
         base, info = checkpoint.load_base(c.base_ckpt, map_location=r.dev)   # importance and pruning run on dev
-        broken = next((n for n, t in base.state_dict().items() if not torch.isfinite(t).all()), None)
-        if broken:
-            raise SystemExit(f"error: the base {c.base_ckpt} has non-finite weights ({broken}); compress a "
-                             f"base whose training ended at a finite loss")
+        checkpoint.check_finite(base, c.base_ckpt)
         settings.check_tokenizer(info['tokenizer'], r.tokenizer, c.base_ckpt, c.dataset)
         r.base_info = dict(base_ckpt=info['source'], base_sha256=info['sha256'])
         checkpoint.check_same_base(r, resume)

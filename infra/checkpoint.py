@@ -296,6 +296,14 @@ def check_resume(r, resume):
                          f"{', '.join(changed)}; resume with the checkpoint's settings")
 
 
+def check_finite(base, spec):
+    """A base with a NaN or inf weight is refused before any work: nothing trained from it is finite."""
+    broken = next((n for n, t in base.state_dict().items() if not torch.isfinite(t).all()), None)
+    if broken:
+        raise SystemExit(f"error: the base {spec} has non-finite weights ({broken}); compress a "
+                         f"base whose training ended at a finite loss")
+
+
 def check_same_base(r, resume):
     """A resume of an arm run continues from the base it started from (the same bytes)."""
     if resume is not None and resume.get('base_sha256') != r.base_info['base_sha256']:
