@@ -30,6 +30,7 @@ import difflib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -61,12 +62,14 @@ eval_include_path = ''        # a folder of your own lm-eval task YAML files
 base_config = 'config/base_shakespeare_char.py'
 arm_config = 'config/compare_shakespeare_char.py'
 base_dir = ''                 # where the base lives; '' = the out_dir of base_config
+shipped_base = 'data/shakespeare_char/base'   # a finished base run that ships with the repository: copied
+                              # to the base's folder when that is empty and the settings match ('': train it)
 out_dir = 'out/compare'
 
 OWN = dict(levels=levels, budgets=budgets, lrs=lrs, importance=importance, early=early, mid=mid,
            base=base, last_steps=last_steps, jobs=jobs, eval_tasks=eval_tasks, eval_limit=eval_limit,
            eval_include_path=eval_include_path, base_config=base_config,
-           arm_config=arm_config, base_dir=base_dir, out_dir=out_dir)
+           arm_config=arm_config, base_dir=base_dir, shipped_base=shipped_base, out_dir=out_dir)
 # train.py settings that compare.py sets for every arm run itself, and the option that sets them
 SET_HERE = dict(arm='compare.py runs both arms', base_ckpt='use --base=<checkpoint>',
                 compression='use --levels', max_iters='use --budgets', max_tokens='use --budgets',
@@ -226,6 +229,23 @@ def refuse_other_base(cfg):
                              f"--base_dir=<another folder> to train this one there")
 
 
+def restore_shipped(cfg, shipped, config_path):
+    """The base a fresh clone races from without training it: the shipped run folder, copied whole to
+    cfg's out_dir when that holds nothing yet and the shipped run is finished with exactly cfg's settings
+    (copied beside it, then renamed into place: a kill leaves no half-copied base)."""
+    target = cfg['out_dir']
+    if not shipped or (os.path.isdir(target) and os.listdir(target)) or finished({**cfg, 'out_dir': shipped}) is None:
+        return
+    print(f"== the base: {shipped} ships with the repository, trained by python train.py "
+          f"{config_path}; copied to {target}", flush=True)
+    tmp = f"{target}.{os.getpid()}.tmpdir"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(shipped, tmp)
+    if os.path.isdir(target):
+        os.rmdir(target)
+    os.rename(tmp, target)
+
+
 def train_in_child(cfg):
     """train.train(cfg) in a child process with one thread; its output goes to out_dir/train.log."""
     os.makedirs(cfg['out_dir'], exist_ok=True)
@@ -328,6 +348,7 @@ def main(argv):
         if final['arm'] != 'base':
             raise SystemExit(f"error: {opts['base_config']} is an arm={final['arm']} config; give a base config")
         check_run(final)
+        restore_shipped(final, opts['shipped_base'], opts['base_config'])
         base_runs.append((f"base: {opts['base_config']}", final))
         bases.append(('final', os.path.join(final['out_dir'], 'ckpt.pt')))
         if opts['early']:   # same recipe on a quarter of the tokens, with its own full schedule

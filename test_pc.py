@@ -42,6 +42,7 @@ import export
 import gpt
 import pc
 import sample
+import scans
 import train
 from data import tokenizer
 from data.loader import Batches, fixed_batches, meta, open_dataset
@@ -2915,6 +2916,143 @@ def test_compare_rates():
     assert compare.parse_rate('2^-10') == compare.parse_rate('2**-10') == 2 ** -10
     assert compare.parse_rate('0.003') == 0.003
     assert compare.rate_name(2 ** -10) == '2^-10' and compare.rate_name(0.003) == '0.003'
+
+
+def test_shipped_base_is_the_configs_run():
+    """data/shakespeare_char/base is the finished run of config/base_shakespeare_char.py: its summary
+    records exactly the config's settings, its checkpoints load (their content hashes hold) at the
+    summary's last step and at a quarter of it, and its loss is the last evaluation of its log."""
+    shipped = os.path.join(ROOT, 'data', 'shakespeare_char', 'base')
+    summary = json.loads(open(os.path.join(shipped, 'summary.json')).read())
+    want = train.parse_args([os.path.join(ROOT, 'config', 'base_shakespeare_char.py')])
+    assert compare.settings_of(summary['config']) == compare.settings_of(want)
+    ckpt = checkpoint.load_checkpoint(os.path.join(shipped, 'ckpt.pt'))
+    early = checkpoint.load_checkpoint(os.path.join(shipped, 'ckpt_early.pt'))
+    assert ckpt['iter'] == summary['iters'] and early['iter'] == int(0.25 * summary['iters'])
+    assert summary['tokens'] == summary['iters'] * 32 * 128 and summary['tokens'] >= 40 * summary['params']
+    evals = [json.loads(l) for l in open(os.path.join(shipped, 'metrics.jsonl')) if '"eval"' in l]
+    assert evals[-1]['iter'] == summary['iters'] and evals[-1]['val_loss'] == summary['val_loss']
+    assert compare.finished({**want, 'out_dir': shipped}) == summary
+
+
+def test_compare_copies_the_shipped_base(tmp_path, base_run):
+    """A fresh clone races from the shipped base: compare.restore_shipped copies the shipped run whole
+    into an empty base folder when the settings match, and does nothing otherwise (a folder that holds
+    anything, a shipped run of other settings, --shipped_base='')."""
+    cfg = json.loads(open(os.path.join(base_run['out_dir'], 'summary.json')).read())['config']
+    target = tmp_path / 'base'
+    compare.restore_shipped({**cfg, 'out_dir': str(target)}, base_run['out_dir'], 'x.py')
+    assert compare.finished({**cfg, 'out_dir': str(target)}) is not None
+    for name in os.listdir(base_run['out_dir']):
+        assert (target / name).read_bytes() == open(os.path.join(base_run['out_dir'], name), 'rb').read()
+    assert not glob.glob(str(tmp_path / '*.tmpdir'))
+    held = tmp_path / 'held'
+    held.mkdir()
+    (held / 'note').write_text('mine')
+    compare.restore_shipped({**cfg, 'out_dir': str(held)}, base_run['out_dir'], 'x.py')
+    assert os.listdir(held) == ['note']
+    for other, shipped in (({**cfg, 'n_embd': cfg['n_embd'] * 2}, base_run['out_dir']), (cfg, '')):
+        compare.restore_shipped({**other, 'out_dir': str(tmp_path / 'none')}, shipped, 'x.py')
+        assert not (tmp_path / 'none').exists()
+
+
+# ------------------------------------------------------------------------------------ scans.py
+
+def tiny_scan(tmp_path, monkeypatch, arms=('hpr', 'pc')):
+    """scans.py on two tiny bases (one half the other's width), 4-step arm runs."""
+    ds = write_dataset(tmp_path / 'ds')
+    both = (f"dataset = {str(ds)!r}\nblock_size = 16\nbatch_size = 4\neval_iters = 2\nlog_interval = 1\n"
+            f"device = 'cpu'\n")
+    (tmp_path / 'base.py').write_text(
+        both + f"arm = 'base'\nout_dir = {str(tmp_path / 'bases' / 'base_a')!r}\nn_layer = 1\nn_head = 2\n"
+        "n_embd = 32\nmax_iters = 12\nwarmup_iters = 1\neval_interval = 6\n")
+    (tmp_path / 'arms.py').write_text(both + "warmup_iters = 1\neval_interval = 2\nlearning_rate = 2 ** -6\n"
+                                             "min_lr = learning_rate / 10\n")
+    monkeypatch.setattr(scans, 'BASES', dict(a=[], b=['--n_embd=16']))
+    monkeypatch.setattr(scans, 'DEFAULT_BASE', 'a')
+    monkeypatch.setattr(scans, 'CLAIMS', dict(size=dict(bases=['b', 'a'], budgets=[4], arms=list(arms))))
+    monkeypatch.setattr(scans, 'MAX_WIDEN', 1)
+    return [f'--base_config={tmp_path / "base.py"}', f'--arm_config={tmp_path / "arms.py"}',
+            f'--out_dir={tmp_path / "scans"}', '--claim=size', '--levels=0.5', '--jobs=1']
+
+
+def run_summaries(folder):
+    """Every finished run under folder: its summary.json, read here apart from scans.py."""
+    return [json.loads(open(p).read()) for p in glob.glob(os.path.join(folder, 'runs', '*', 'summary.json'))]
+
+
+def test_scans_sweep_seeds_and_tables(tmp_path, monkeypatch):
+    """Each cell sweeps its arm on the first seed over the prior rate, half and twice it, widens
+    while the best is at an edge (up to MAX_WIDEN rates), runs the other seeds at the chosen rate
+    only, and its table's cells are those runs: each arm's mean ± sd and PC - HPR paired by seed,
+    recomputed here from the runs' own summary.json."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5,6,7']
+    cells = scans.main(args)
+    runs = run_summaries(tmp_path / 'scans')
+    assert len(cells) == 4
+    for c in cells:
+        mine = [r for r in runs if r['config']['arm'] == c['arm'] and r['config']['base_ckpt'] == c['base_path']]
+        sweep = {r['config']['learning_rate']: r['val_loss'] for r in mine if r['config']['seed'] == 5}
+        rates = sorted(sweep)
+        assert {2 ** -7, 2 ** -6, 2 ** -5} <= set(rates) and all(b / a == 2 for a, b in zip(rates, rates[1:]))
+        best = min(sweep, key=sweep.get)
+        assert c['lr'] == best
+        assert best not in (rates[0], rates[-1]) or len(rates) == 3 + scans.MAX_WIDEN   # widened while at an edge
+        others = [r for r in mine if r['config']['seed'] != 5]
+        assert sorted(r['config']['seed'] for r in others) == [6, 7]
+        assert all(r['config']['learning_rate'] == best and r['config']['min_lr'] == best / 10 for r in others)
+    md = (tmp_path / 'scans' / 'size.md').read_text()
+    for base in ('a', 'b'):
+        val = {}
+        for arm in ('hpr', 'pc'):
+            c = next(c for c in cells if (c['base'], c['arm']) == (base, arm))
+            val[arm] = {r['config']['seed']: r['val_loss'] for r in runs if r['config']['arm'] == arm
+                        and r['config']['base_ckpt'] == c['base_path'] and r['config']['learning_rate'] == c['lr']}
+            assert sorted(val[arm]) == [5, 6, 7]
+            v = list(val[arm].values())
+            assert f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f} (3)" in md
+        d = [val['pc'][s] - val['hpr'][s] for s in (5, 6, 7)]
+        assert f"| {base} | 50% | 4 | PC - HPR | {np.mean(d):+.4f} ± {np.std(d, ddof=1):.4f} | " \
+               f"{np.std(d, ddof=1) / math.sqrt(3):.4f} |" in md
+    info = json.loads((tmp_path / 'scans' / 'size.json').read_text())['bases']
+    assert info['b']['params'] < info['a']['params'] and info['a']['tokens'] == 12 * 64
+    assert (tmp_path / 'scans' / 'size.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    n = len(runs)
+    scans.main(args)   # a second call trains nothing
+    assert len(run_summaries(tmp_path / 'scans')) == n
+
+
+def test_scans_verdict_is_two_standard_errors():
+    """A lead only when the mean paired difference is beyond twice its standard error."""
+    assert scans.verdict([-0.030, -0.025, -0.040]) == 'PC leads'
+    assert scans.verdict([0.030, 0.025, 0.040]) == 'HPR leads'
+    d = [-0.01, 0.012, -0.004]                  # mean -0.0007, SE 0.0065: noise
+    assert scans.verdict(d) == 'noise'
+    m, sd, se = scans.spread([1.0, 2.0, 4.0])
+    assert (m, sd, se) == pytest.approx((7 / 3, math.sqrt(7 / 3), math.sqrt(7 / 3) / math.sqrt(3)))
+    # exactly at 2 SE is not a lead: mean 1, sd 2*sqrt(... ) chosen so that |mean| == 2 SE
+    x = [1 - math.sqrt(1.5), 1, 1 + math.sqrt(1.5)]   # sd sqrt(1.5), SE sqrt(0.5); 2 SE = 1.414 > 1
+    assert scans.verdict(x) == 'noise'
+    assert scans.verdict([-0.03]) == 'one seed'
+
+
+def test_scans_recipes_arms(tmp_path, monkeypatch):
+    """The recipes: from scratch trains HPR's shapes from random initialisation (not the pruned
+    base), and the distillation arms are HPR and PC with distill_alpha, each at its own rate."""
+    args = tiny_scan(tmp_path, monkeypatch, arms=('hpr', 'scratch', 'hpr_kd')) + ['--seeds=5', '--bases=a',
+                                                                                  '--kd_alpha=0.25']
+    cells = scans.main(args)
+    runs = run_summaries(tmp_path / 'scans')
+    by = lambda arm, alpha: [r for r in runs if r['config']['arm'] == arm and r['config']['distill_alpha'] == alpha]
+    assert by('scratch', 0.0) and by('hpr', 0.25) and by('hpr', 0.0)
+    hpr, scratch = by('hpr', 0.0)[0], by('scratch', 0.0)[0]
+    assert hpr['model_args'] == scratch['model_args'] and hpr['params'] == scratch['params']
+    first = lambda r: compare.records(r['out_dir'], 'eval')[0]['val_loss']
+    assert abs(first(scratch) - math.log(VOCAB)) < 0.05   # random init: about uniform over the vocabulary
+    assert first(hpr) < first(scratch) - 0.05            # the pruned base starts below it
+    md = (tmp_path / 'scans' / 'size.md').read_text()
+    assert '| a | 50% | 4 | SCRATCH - HPR |' in md and '| a | 50% | 4 | HPR_KD - HPR |' in md
+    assert [c['arm'] for c in cells] == ['hpr', 'scratch', 'hpr_kd']
 
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

@@ -1,6 +1,7 @@
 r"""
 Train a GPT: a base from scratch (arm=base), or a compressed model from a base by Projected
-Compression (arm=pc) or by hard pruning and retraining (arm=hpr).
+Compression (arm=pc) or by hard pruning and retraining (arm=hpr), or the compressed architecture
+from random initialisation (arm=scratch: the baseline that says whether compressing a base pays).
 
     python train.py config/base_shakespeare_char.py
     python train.py config/compare_shakespeare_char.py --arm=pc --max_iters=1000 \
@@ -40,7 +41,7 @@ from infra import checkpoint, files, hf, processes, settings
 
 # ------------------------------------------------------------------------------------------------
 # Defaults. Every name here can be set by a config file or --key=value; nothing else can.
-arm = 'base'                # base | pc | hpr
+arm = 'base'                # base | pc | hpr | scratch (HPR's shapes, random init)
 out_dir = 'out'
 init_from = 'scratch'       # scratch | resume (continue out_dir/ckpt.pt exactly) | a pretrained GPT-2 for
                             # arm=base to train on (gpt2, gpt2-medium, gpt2-large, gpt2-xl, or a model folder)
@@ -88,7 +89,7 @@ decay_vectors = False       # also decay vectors (biases, LayerNorm gains)
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0
-# distillation (arm=pc and arm=hpr): loss = (1 - alpha) CE + alpha T^2 KL(base || student), on the
+# distillation (arm=pc, hpr, scratch): loss = (1 - alpha) CE + alpha T^2 KL(base || student), on the
 # frozen base's logits (the teacher)
 distill_alpha = 0.0
 distill_temperature = 1.0
@@ -451,6 +452,8 @@ def build_model(r, resume, data_dir, vocab):
             r.teacher = base.eval().requires_grad_(False)
         if c.arm == 'hpr':
             r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)
+        elif c.arm == 'scratch':   # HPR's shapes (the base gives only the widths), GPT-2's random init
+            r.model = gpt.GPT(pc.hard_prune(base, r.keep, dropout=c.dropout).config)
         else:
             # who owns which projection: balanced FLOPs and bytes (costs.py, infra/processes.py)
             cost = costs.matrix_costs(costs.matrix_shapes(base.config), len(r.keep['D']), r.keep['F'].shape[1])

@@ -137,7 +137,7 @@ NOT_NEGATIVE = ('max_iters', 'max_tokens', 'tokens_per_param', 'stop_iter', 'war
                 'compressed_d_ff', 'min_lr', 'weight_decay', 'grad_clip', 'peak_flops', 'head_dim', 'd_ff', 'seed')
 MODEL_SHAPE = ('n_layer', 'n_head', 'n_embd', 'head_dim', 'd_ff', 'bias', 'tie_embeddings')   # or a preset
 BELOW_ONE = ('beta1', 'beta2', 'dropout', 'early_ckpt_frac', 'compression')   # in [0, 1)
-CHOICES = dict(arm=('base', 'pc', 'hpr'), importance=pc.METHODS, proj_dtype=('auto', *PROJ_DTYPES))
+CHOICES = dict(arm=('base', 'pc', 'hpr', 'scratch'), importance=pc.METHODS, proj_dtype=('auto', *PROJ_DTYPES))
 
 
 def check_train(cfg, defaults):
@@ -184,7 +184,7 @@ def check_train(cfg, defaults):
     if cfg['pc_naive'] and cfg['arm'] != 'pc':
         raise SystemExit(f"error: pc_naive=True is PC's naive forward; drop it for arm={cfg['arm']}")
     if cfg['distill_alpha'] and cfg['arm'] == 'base':
-        raise SystemExit("error: distillation needs a teacher: use it with arm=pc or arm=hpr (the base is the teacher)")
+        raise SystemExit("error: distillation needs a teacher: use it with arm=pc, hpr or scratch (the base is the teacher)")
     return SimpleNamespace(**cfg)
 
 

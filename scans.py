@@ -1,0 +1,359 @@
+"""
+The paper's three claims as seeded scans on the embedded default, and the recipes race. The paper
+finds PC's lead over hard pruning and retraining (HPR) grows with (1) the quality of the base (its
+tokens per parameter), (2) the size of the base, (3) the retraining tokens. Each claim here is a set
+of cells (a base, a compression level, a budget). In every cell each arm trains at its own best
+held-out rate: a sweep on the first seed (the prior rate, half and twice it, widened until the best
+is inside), then the other seeds at that rate. The tables give each arm's mean ± sd over seeds and
+each arm minus HPR, paired by seed (a seed fixes the data order of both arms), called a lead only
+when the mean difference exceeds twice its standard error; the figure draws every seed.
+
+    python scans.py --claim=quality     # bases of more tokens per parameter, with repetition held apart
+    python scans.py --claim=size        # bases of two sizes at 40 tokens per parameter
+    python scans.py --claim=tokens      # retraining budgets of 250 ... 4,000 steps, a sweep per budget
+    python scans.py --claim=recipes     # HPR, PC, from scratch, HPR + KD, PC + KD from the default base
+    python scans.py --claim=quality --bases=e96_tpp10,e96_tpp40   # some of a claim's cells now, the rest later
+
+Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one folder per settings under
+out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
+sittings. The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
+config/compare_shakespeare_char.py, not swept again.
+"""
+import json
+import math
+import os
+import statistics
+import sys
+
+import compare
+import train
+from data.loader import meta
+from infra import settings
+
+# ---- scans.py's own settings ----
+claim = 'quality'             # quality | size | tokens | recipes
+bases = ''                    # '' = all of the claim's bases (BASES below); or some of them, comma-separated
+budgets = ''                  # '' = the claim's budgets; or some, e.g. 250,500
+arms = ''                     # '' = the claim's arms; or some, e.g. hpr,pc,scratch (HPR is always raced)
+levels = '0.5,0.9'
+seeds = '1337,2,3'            # the first seed runs the sweep; 1337 is train.py's default seed
+kd_alpha = 0.5                # distillation arms: loss = (1 - alpha) CE + alpha KL(base || student)
+jobs = 2                      # training processes at once (one thread each)
+base_config = 'config/base_shakespeare_char.py'
+arm_config = 'config/compare_shakespeare_char.py'
+out_dir = 'out/scans'
+OWN = dict(claim=claim, bases=bases, budgets=budgets, arms=arms, levels=levels, seeds=seeds, kd_alpha=kd_alpha,
+           jobs=jobs, base_config=base_config, arm_config=arm_config, out_dir=out_dir)
+
+# The bases: base_config with these settings. The default (e96_tpp40) sees 14.2M tokens, 3.1 passes
+# over the 4.6M training characters; e48 is the same recipe at half every width (a quarter of the
+# parameters), so e48_t14m sees the default's tokens (same repetition, 4x the tokens per parameter).
+BASES = {
+    'e96_tpp10': ['--tokens_per_param=10.0'],
+    'e96_tpp40': [],
+    'e96_tpp160': ['--tokens_per_param=160.0'],
+    'e48_tpp40': ['--n_embd=48', '--n_head=3'],
+    'e48_t14m': ['--n_embd=48', '--n_head=3', '--tokens_per_param=0', '--max_tokens=14245888'],
+}
+DEFAULT_BASE = 'e96_tpp40'
+CLAIMS = dict(
+    quality=dict(bases=['e96_tpp10', 'e96_tpp40', 'e96_tpp160', 'e48_t14m'], budgets=[1000], arms=['hpr', 'pc']),
+    size=dict(bases=['e48_tpp40', 'e96_tpp40'], budgets=[1000], arms=['hpr', 'pc']),
+    tokens=dict(bases=[DEFAULT_BASE], budgets=[250, 500, 1000, 2000, 4000], arms=['hpr', 'pc']),
+    recipes=dict(bases=[DEFAULT_BASE], budgets=[1000], arms=['hpr', 'pc', 'scratch', 'hpr_kd', 'pc_kd']),
+)
+# train.py's arm of each recipe; the distillation arms add distill_alpha
+ARMS = dict(hpr='hpr', pc='pc', scratch='scratch', hpr_kd='hpr', pc_kd='pc')
+SCRATCH_PRIOR = 2 ** -7       # a rate to start the from-scratch sweep at: that of HPR at 90%
+MAX_WIDEN = 3                 # at most this many rates added beyond an edge of a sweep
+
+
+def parse_options(argv):
+    opts = settings.parse(argv, OWN, config_files=False, doc=__doc__)
+    if opts['claim'] not in CLAIMS:
+        raise SystemExit(f"error: --claim={opts['claim']} is not one of {', '.join(CLAIMS)}")
+    spec = CLAIMS[opts['claim']]
+    chosen = opts['bases'].split(',') if opts['bases'] else spec['bases']
+    bad = [b for b in chosen if b not in spec['bases']]
+    if bad:
+        raise SystemExit(f"error: --bases: {', '.join(bad)} is not a base of claim {opts['claim']} "
+                         f"({', '.join(spec['bases'])})")
+    arms_ = opts['arms'].split(',') if opts['arms'] else spec['arms']
+    if any(a not in spec['arms'] for a in arms_) or 'hpr' not in arms_:
+        raise SystemExit(f"error: --arms={opts['arms']}: some of {', '.join(spec['arms'])} (claim "
+                         f"{opts['claim']}), hpr among them (every arm is raced against it)")
+    try:
+        buds = [int(x) for x in opts['budgets'].split(',')] if opts['budgets'] else spec['budgets']
+        lv = [float(x) for x in opts['levels'].split(',')]
+        sd = [int(x) for x in opts['seeds'].split(',')]
+    except ValueError:
+        raise SystemExit("error: --budgets, --levels and --seeds are comma-separated numbers, "
+                         "e.g. --budgets=250,500 --levels=0.5,0.9 --seeds=1337,2,3")
+    if not all(0 < x < 1 for x in lv) or min(buds) <= 0 or len(set(sd)) != len(sd) or opts['jobs'] <= 0:
+        raise SystemExit("error: levels are in (0, 1), budgets and jobs positive, seeds different")
+    if not 0 < opts['kd_alpha'] <= 1:
+        raise SystemExit(f"error: --kd_alpha={opts['kd_alpha']} must be in (0, 1]")
+    return opts, chosen, buds, lv, sd, [a for a in spec['arms'] if a in arms_]
+
+
+def base_run(opts, name):
+    """The base's train.py settings (the default base lives where compare.py keeps it)."""
+    cfg = train.parse_args([opts['base_config']] + BASES[name])
+    if name != DEFAULT_BASE:   # beside the default base: out/base_<name>
+        cfg['out_dir'] = os.path.join(os.path.dirname(cfg['out_dir']), f'base_{name}')
+    compare.check_run(cfg)
+    return cfg
+
+
+def arm_run(opts, base_path, base_name, level, iters, arm, lr, seed):
+    args = [opts['arm_config'], f'--arm={ARMS[arm]}', f'--base_ckpt={base_path}', f'--compression={level}',
+            f'--max_iters={iters}', '--max_tokens=0', '--tokens_per_param=0.0', '--stop_iter=0',
+            '--early_ckpt_frac=0.0', f'--seed={seed}']
+    args += [f'--distill_alpha={opts["kd_alpha"]}'] if arm.endswith('_kd') else []
+    args += [f'--learning_rate={lr!r}', f'--min_lr={lr / 10!r}'] if lr else []
+    cfg = train.parse_args(args)
+    compare.check_run(cfg)
+    cfg['out_dir'] = os.path.join(opts['out_dir'], 'runs', compare.run_name(cfg, level, base_name, iters, arm))
+    return cfg
+
+
+def known_rate(opts, base_name, level, iters, arm):
+    """The earlier sweep's best rate (config/compare_shakespeare_char.py), for the default base's HPR
+    and PC at the main job's 1,000 steps; None elsewhere."""
+    if base_name != DEFAULT_BASE or iters != 1000 or arm not in ('hpr', 'pc'):
+        return None
+    return arm_run(opts, 'out/base_shakespeare_char/ckpt.pt', base_name, level, iters, arm, None, 0)['learning_rate']
+
+
+def prior_rate(opts, level, arm):
+    """Where a sweep starts: the default base's rate of the arm (of its plain arm, for KD)."""
+    if arm == 'scratch':
+        return SCRATCH_PRIOR
+    return arm_run(opts, 'out/base_shakespeare_char/ckpt.pt', DEFAULT_BASE, level, 1000, ARMS[arm], None, 0)['learning_rate']
+
+
+def result(cfg, summary):
+    return dict(lr=cfg['learning_rate'], seed=cfg['seed'], val_loss=summary['val_loss'], tokens=summary['tokens'],
+                train_loss=compare.last_steps_loss(cfg['out_dir'], 100), out_dir=cfg['out_dir'],
+                params=summary['params'], trainable_params=summary['trainable_params'])
+
+
+def run_cells(opts, cells, seeds_):
+    """cells: dicts (base, base_path, level, iters, arm). Phase 1 sweeps each cell on the first
+    seed (widening where the best is at an edge), phase 2 runs the other seeds at the chosen rate.
+    Each phase trains all its runs together (compare.run_all, --jobs at once)."""
+    tried = {id(c): {} for c in cells}
+
+    def runs_at(pairs):   # pairs: (cell, lr, seed) -> results, trained together
+        cfgs = [arm_run(opts, c['base_path'], c['base'], c['level'], c['iters'], c['arm'], lr, s) for c, lr, s in pairs]
+        label = lambda c, cfg: (f"{c['arm']} at {c['level']:.0%} from {c['base']}, {c['iters']} steps, "
+                                f"lr {compare.rate_name(cfg['learning_rate'])}, seed {cfg['seed']}")
+        done = compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg in zip(pairs, cfgs)])
+        return [result(cfg, s) for cfg, s in zip(cfgs, done)]
+
+    first, want = seeds_[0], []
+    for c in cells:
+        known = known_rate(opts, c['base'], c['level'], c['iters'], c['arm'])
+        c['swept'] = known is None
+        p = known or prior_rate(opts, c['level'], c['arm'])
+        want += [(c, r, first) for r in ([p] if known else [p / 2, p, p * 2])]
+    for _ in range(MAX_WIDEN + 1):
+        for (c, lr, _), res in zip(want, runs_at(want)):
+            tried[id(c)][lr] = res
+        want = []
+        for c in cells:
+            rates = sorted(tried[id(c)])
+            best = min(rates, key=lambda r: tried[id(c)][r]['val_loss'])
+            c['lr'], c['rates_tried'] = best, rates
+            c['at_edge'] = c['swept'] and best in (rates[0], rates[-1])
+            if c['at_edge'] and len(rates) < 3 + MAX_WIDEN:
+                want.append((c, best / 2 if best == rates[0] else best * 2, first))
+        if not want:
+            break
+    for c in cells:
+        c['sweep'] = {r: tried[id(c)][r]['val_loss'] for r in c['rates_tried']}
+    rest = [(c, c['lr'], s) for c in cells for s in seeds_[1:]]
+    for c in cells:
+        c['seeds'] = [tried[id(c)][c['lr']]]
+    for (c, _, _), res in zip(rest, runs_at(rest)):
+        c['seeds'].append(res)
+    return cells
+
+
+def spread(values):
+    """mean, sample standard deviation and standard error (0 for one value)."""
+    m = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return m, sd, sd / math.sqrt(len(values))
+
+
+def verdict(diffs, names=('PC', 'HPR')):
+    """A lead only when the mean paired difference exceeds twice its standard error."""
+    m, sd, se = spread(diffs)
+    if len(diffs) < 2:
+        return 'one seed'
+    if abs(m) <= 2 * se:
+        return 'noise'
+    return f"{names[0] if m < 0 else names[1]} leads"
+
+
+def paired(cell, other, key):
+    """Per-seed differences cell - other (only seeds both have)."""
+    theirs = {r['seed']: r[key] for r in other['seeds']}
+    return [r[key] - theirs[r['seed']] for r in cell['seeds'] if r['seed'] in theirs]
+
+
+def describe(base_cfg, summary, train_tokens):
+    return dict(params=summary['params'], tokens=summary['tokens'], val_loss=summary['val_loss'],
+                tokens_per_param=summary['tokens'] / summary['params'], passes=summary['tokens'] / train_tokens,
+                n_embd=summary['model_args']['n_embd'], out_dir=base_cfg['out_dir'])
+
+
+def tables(opts, cells, info):
+    fmt = lambda m, sd, n: f"{m:.4f} ± {sd:.4f} ({n})"
+    lines = [f"# Claim: {opts['claim']}", '']
+    lines += ["**Bases** (config/base_shakespeare_char.py with scans.py's BASES settings)", '',
+              '| base | params | n_embd | tokens | tokens per param | passes over the training data | val loss |',
+              '|---|---|---|---|---|---|---|']
+    for name, d in info.items():
+        lines.append(f"| {name} | {d['params']:,} | {d['n_embd']} | {d['tokens']:,} | {d['tokens_per_param']:.1f} | "
+                     f"{d['passes']:.2f} | {d['val_loss']:.4f} |")
+    lines += ['', f"**Each arm at its best held-out rate** (mean ± sd over seeds (n); rate chosen on seed "
+              f"{cells[0]['seeds'][0]['seed']}; (edge): the best is the widest rate tried; (config): the earlier "
+              f"sweep's rate, config/compare_shakespeare_char.py)", '',
+              '| base | level | steps | arm | params | rate | held-out val loss | paper\'s measure (last 100 steps) |',
+              '|---|---|---|---|---|---|---|---|']
+    for c in cells:
+        v = spread([r['val_loss'] for r in c['seeds']])
+        t = spread([r['train_loss'] for r in c['seeds']])
+        note = ' (edge)' if c['at_edge'] else '' if c['swept'] else ' (config)'
+        lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm']} | {c['seeds'][0]['params']:,} | "
+                     f"{compare.rate_name(c['lr'])}{note} | {fmt(v[0], v[1], len(c['seeds']))} | "
+                     f"{fmt(t[0], t[1], len(c['seeds']))} |")
+    lines += ['', "**Each arm - HPR**, paired by seed (below zero: the arm ahead; mean ± sd, standard error; "
+              "a lead only beyond 2 standard errors)", '',
+              '| base | level | steps | arm - HPR | held-out | SE | verdict | paper\'s measure | SE | verdict |',
+              '|---|---|---|---|---|---|---|---|---|---|']
+    for c in cells:
+        h = hpr_of(cells, c)
+        if c['arm'] == 'hpr' or h is None:
+            continue
+        row = []
+        for key in ('val_loss', 'train_loss'):
+            d = paired(c, h, key)
+            m, sd, se = spread(d)
+            row += [f"{m:+.4f} ± {sd:.4f}", f"{se:.4f}", verdict(d, (c['arm'].upper(), 'HPR'))]
+        lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
+    swept = [c for c in cells if c['swept']]
+    if swept:
+        lines += ['', f"**The sweeps** (held-out val loss on seed {cells[0]['seeds'][0]['seed']}; best in bold)", '',
+                  '| base | level | steps | arm | rate: loss |', '|---|---|---|---|---|']
+        for c in swept:
+            cells_ = [f"{compare.rate_name(r)}: " + (f"**{v:.4f}**" if r == c['lr'] else f"{v:.4f}")
+                      for r, v in sorted(c['sweep'].items())]
+            lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm']} | {', '.join(cells_)} |")
+    return '\n'.join(lines) + '\n'
+
+
+def hpr_of(cells, c):
+    return next((o for o in cells if o['arm'] == 'hpr' and all(o[k] == c[k] for k in ('base', 'level', 'iters'))), None)
+
+
+def plot(opts, cells, info):
+    """PC - HPR (held-out) against the claim's variable, one line per level, every seed a dot and the
+    mean ± 2 standard errors; the recipes claim: each arm - HPR per level."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {0.5: 'tab:blue', 0.9: 'tab:red'}
+    if opts['claim'] == 'recipes':
+        arms = [a for a in CLAIMS['recipes']['arms'] if a != 'hpr']
+        for i, lvl in enumerate(sorted({c['level'] for c in cells})):
+            for j, arm in enumerate(arms):
+                c = next((c for c in cells if c['level'] == lvl and c['arm'] == arm), None)
+                h = c and hpr_of(cells, c)
+                if c is None or h is None:
+                    continue
+                d = paired(c, h, 'val_loss')
+                m, _, se = spread(d)
+                x = j + (i - 0.5) * 0.3
+                ax.scatter([x] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
+                ax.errorbar(x, m, yerr=2 * se, fmt='o', color=colors.get(lvl, 'k'), capsize=3,
+                            label=f"{lvl:.0%} removed" if j == 0 else None)
+        ax.set_xticks(range(len(arms)), [f"{a.upper()} - HPR" for a in arms])
+        ax.set_yscale('symlog', linthresh=0.02)
+    else:
+        xs = dict(quality=lambda c: info[c['base']]['tokens_per_param'],
+                  size=lambda c: info[c['base']]['params'],
+                  tokens=lambda c: c['seeds'][0]['tokens'] / 1e6)[opts['claim']]
+        groups = {}
+        for c in cells:
+            if c['arm'] != 'pc' or hpr_of(cells, c) is None:
+                continue
+            series = (f"n_embd {info[c['base']]['n_embd']}, " + ('repetition grows' if info[c['base']]['n_embd'] == 96
+                      else "the default's tokens") if opts['claim'] == 'quality' else '')
+            groups.setdefault((c['level'], series), []).append(c)
+        for (lvl, series), cs in sorted(groups.items()):
+            cs.sort(key=xs)
+            pts = []
+            for c in cs:
+                d = paired(c, hpr_of(cells, c), 'val_loss')
+                m, _, se = spread(d)
+                ax.scatter([xs(c)] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
+                pts.append((xs(c), m, se))
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[2 * p[2] for p in pts], capsize=3,
+                        color=colors.get(lvl, 'k'), ls='-' if 'grows' in series or not series else '--', marker='o',
+                        label=f"{lvl:.0%} removed" + (f" ({series})" if series else ''))
+        ax.set_xscale('log', base=2)
+        ax.set_xlabel(dict(quality="base tokens per parameter", size="base parameters",
+                           tokens="retraining tokens (millions)")[opts['claim']])
+    ax.axhline(0, color='gray', lw=0.8)
+    ax.set_ylabel('held-out loss: arm - HPR (below zero: arm ahead)' if opts['claim'] == 'recipes'
+                  else 'held-out loss: PC - HPR (below zero: PC ahead)')
+    n = len(cells[0]['seeds'])
+    ax.set_title(f"Claim '{opts['claim']}': dots are seeds, bars the mean ± 2 SE ({n} seeds)\n"
+                 f"each arm at its own best rate", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(opts['out_dir'], f"{opts['claim']}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv):
+    opts, names, buds, lv, seeds_, arms = parse_options(argv)
+    base_cfgs = {n: base_run(opts, n) for n in names}
+    for n, cfg in base_cfgs.items():
+        if n == DEFAULT_BASE:
+            compare.restore_shipped(cfg, compare.shipped_base, opts['base_config'])
+        if not compare.finished(cfg):
+            compare.refuse_other_base(cfg)
+    data_dir = settings.data_folder(base_cfgs[names[0]]['dataset'])
+    if base_cfgs[names[0]]['dataset'] == 'shakespeare_char' and not os.path.isfile(os.path.join(data_dir, 'meta.json')):
+        from data.shakespeare_char import prepare
+        prepare.main()
+    summaries = compare.run_all(opts['jobs'], [(f"base {n}", cfg) for n, cfg in base_cfgs.items()])
+    train_tokens = sum(e['tokens'] for e in meta(data_dir)['splits']['train'])
+    info = {n: describe(base_cfgs[n], s, train_tokens) for n, s in zip(names, summaries)}
+    cells = [dict(base=n, base_path=os.path.join(base_cfgs[n]['out_dir'], 'ckpt.pt'), level=lvl, iters=it, arm=a)
+             for n in names for lvl in lv for it in buds for a in arms]
+    run_cells(opts, cells, seeds_)
+    os.makedirs(opts['out_dir'], exist_ok=True)
+    md = tables(opts, cells, info)
+    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.md"), 'w') as f:
+        f.write(md)
+    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.json"), 'w') as f:
+        json.dump(dict(bases=info, cells=[{k: v for k, v in c.items() if k != 'sweep'} | {'sweep': {
+            repr(r): v for r, v in c['sweep'].items()}} for c in cells]), f, indent=1)
+    png = plot(opts, cells, info)
+    print(md)
+    print(f"figure: {png}\ntable:  {os.path.join(opts['out_dir'], opts['claim'] + '.md')}")
+    return cells
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
