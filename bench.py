@@ -68,6 +68,7 @@ OPTIONS = dict(
     no_processes=False,   # skip train.py at 1 and 2 processes
     process_steps=12,     # optimizer steps of each train.py run
     process_reps=2,       # train.py runs per arm and process count
+    process_counts='1,2',  # process counts of those runs (above 1: torchrun)
     compile=False,        # torch.compile the micro-batch forward
     quick=False,          # smallest size everywhere, a few seconds
     # CPU threads (0: torch's default). One, because on a shared 2-core machine an OpenMP team of two
@@ -84,12 +85,14 @@ OPTIONS = dict(
 def parse_args(argv):
     args = SimpleNamespace(**settings.parse(argv, OPTIONS, config_files=False, doc=__doc__))
     try:
-        args.batch_sizes, args.micro_batches = ([int(v) for v in getattr(args, k).split(',') if v]
-                                                for k in ('batch_sizes', 'micro_batches'))
+        args.batch_sizes, args.micro_batches, args.process_counts = (
+            [int(v) for v in str(getattr(args, k)).split(',') if v] for k in ('batch_sizes', 'micro_batches', 'process_counts'))
     except ValueError:   # a list option that is not comma-separated integers
-        raise SystemExit("error: --batch_sizes and --micro_batches take comma-separated integers, e.g. 8,16")
-    if not args.batch_sizes or not args.micro_batches or min(args.batch_sizes + args.micro_batches) <= 0:
-        raise SystemExit("error: --batch_sizes and --micro_batches need positive integers, e.g. 8,16")
+        raise SystemExit("error: --batch_sizes, --micro_batches and --process_counts take comma-separated "
+                         "integers, e.g. 8,16")
+    lists = args.batch_sizes + args.micro_batches + args.process_counts
+    if not (args.batch_sizes and args.micro_batches and args.process_counts) or min(lists) <= 0:
+        raise SystemExit("error: --batch_sizes, --micro_batches and --process_counts need positive integers, e.g. 8,16")
     for key, choices in (('model', ('small', '300m', '800m')), ('clock', ('auto', 'wall', 'cpu'))):
         if getattr(args, key) not in choices:
             raise SystemExit(f"error: --{key}={getattr(args, key)} is not one of {', '.join(choices)}")
@@ -624,7 +627,7 @@ def bench_processes(args, base_cfg, small_cfg, log):
         env = dict(os.environ, OMP_NUM_THREADS='1')
         times = {}
         for rep in range(args.process_reps):
-            for world in (1, 2):
+            for world in args.process_counts:
                 for arm in ('hpr', 'pc'):
                     out = os.path.join(tmp, f'{arm}{world}_{rep}')
                     launcher = ([sys.executable, '-m', 'torch.distributed.run', '--standalone',
@@ -644,7 +647,7 @@ def bench_processes(args, base_cfg, small_cfg, log):
                         ms = [r['ms_per_iter'] for r in map(json.loads, f) if r['kind'] == 'train']
                     times.setdefault((world, arm), []).extend(ms[1:])   # the first step warms up
         rows = []
-        for world in (1, 2):
+        for world in args.process_counts:
             hpr, pc_ = (statistics.median(times[world, a]) for a in ('hpr', 'pc'))
             rows.append(dict(processes=world, tokens_per_step=B * accum * base_cfg.block_size,
                              hpr_s=hpr / 1e3, pc_s=pc_ / 1e3, pc_over_hpr=pc_ / hpr))

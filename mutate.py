@@ -35,7 +35,7 @@ from types import SimpleNamespace
 from infra import settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FILES = ['pc.py', 'train.py', 'compare.py', 'gpt.py', 'costs.py', 'infra/settings.py', 'infra/processes.py',
+FILES = ['pc.py', 'train.py', 'compare.py', 'scans.py', 'gpt.py', 'costs.py', 'infra/settings.py', 'infra/processes.py',
          'infra/checkpoint.py', 'infra/files.py', 'infra/hf.py', 'data/loader.py', 'data/tokenizer.py',
          'data/c4/prepare.py', 'data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py']
 # Options, as --key=value (infra/settings.parse's rules)
@@ -71,8 +71,24 @@ SEMANTIC = [
      "calibration batches from the validation split"),
     ('train.py', "c.batch_size, c.importance_batches,\n", "c.batch_size, 8,\n",
      "importance_batches ignored"),
-    ('train.py', "r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)", "r.model = pc.hard_prune(base, r.keep, dropout=0.0)",
-     "HPR ignores dropout (PC honours it)"),
+    ('train.py', "'hpr':\n            r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)",
+     "'hpr':\n            r.model = pc.hard_prune(base, r.keep, dropout=0.0)", "HPR ignores dropout (PC honours it)"),
+    ('train.py', "r.model = gpt.GPT(pc.hard_prune(base, r.keep, dropout=c.dropout).config)",
+     "r.model = pc.hard_prune(base, r.keep, dropout=c.dropout)", "from scratch starts from the pruned base"),
+    ('scans.py', "    if abs(m) <= 2 * se:", "    if abs(m) <= 2 * sd:",
+     "a lead judged against twice the standard deviation, not the standard error"),
+    ('scans.py', "best = min(rates, key=lambda r: tried[id(c)][r]['val_loss'])",
+     "best = min(rates, key=lambda r: tried[id(c)][r]['train_loss'])", "the rate chosen by training loss"),
+    ('scans.py', "rest = [(c, c['lr'], s) for c in cells for s in seeds_[1:]]",
+     "rest = [(c, c['rates_tried'][1], s) for c in cells for s in seeds_[1:]]",
+     "the other seeds at the sweep's second rate, not the chosen one"),
+    ('scans.py', "            if c['at_edge'] and len(rates) < 3 + MAX_WIDEN:", "            if False:",
+     "a sweep whose best is at its edge is never widened"),
+    ('scans.py', "args += [f'--distill_alpha={opts[\"kd_alpha\"]}'] if arm.endswith('_kd') else []",
+     "args += [f'--distill_alpha={opts[\"kd_alpha\"]}'] if arm == 'kd' else []", "the distillation arms do not distil"),
+    ('scans.py', "    return [r[key] - theirs[r['seed']] for r in cell['seeds'] if r['seed'] in theirs]",
+     "    return [a - b for a, b in zip(sorted(r[key] for r in cell['seeds']), sorted(theirs.values()))]",
+     "arm - HPR paired by rank, not by seed"),
     ('train.py', "        return c.decay_vectors", "        return False", "decay_vectors ignored"),
     ('train.py', "    return (1 - alpha) * ce + alpha * T * T * kl", "    return (1 - alpha) * ce + alpha * T * kl",
      "distillation's KL not scaled by T^2"),

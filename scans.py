@@ -8,7 +8,7 @@ is inside), then the other seeds at that rate. The tables give each arm's mean �
 each arm minus HPR, paired by seed (a seed fixes the data order of both arms), called a lead only
 when the mean difference exceeds twice its standard error; the figure draws every seed.
 
-    python scans.py --claim=quality     # bases of more tokens per parameter, with repetition held apart
+    python scans.py --claim=quality     # bases of more tokens per parameter, at two sizes: repetition held apart
     python scans.py --claim=size        # bases of two sizes at 40 tokens per parameter
     python scans.py --claim=tokens      # retraining budgets of 250 ... 4,000 steps, a sweep per budget
     python scans.py --claim=recipes     # HPR, PC, from scratch, HPR + KD, PC + KD from the default base
@@ -57,7 +57,8 @@ BASES = {
 }
 DEFAULT_BASE = 'e96_tpp40'
 CLAIMS = dict(
-    quality=dict(bases=['e96_tpp10', 'e96_tpp40', 'e96_tpp160', 'e48_t14m'], budgets=[1000], arms=['hpr', 'pc']),
+    quality=dict(bases=['e96_tpp10', 'e96_tpp40', 'e96_tpp160', 'e48_tpp40', 'e48_t14m'], budgets=[1000],
+                 arms=['hpr', 'pc']),
     size=dict(bases=['e48_tpp40', 'e96_tpp40'], budgets=[1000], arms=['hpr', 'pc']),
     tokens=dict(bases=[DEFAULT_BASE], budgets=[250, 500, 1000, 2000, 4000], arms=['hpr', 'pc']),
     recipes=dict(bases=[DEFAULT_BASE], budgets=[1000], arms=['hpr', 'pc', 'scratch', 'hpr_kd', 'pc_kd']),
@@ -172,6 +173,7 @@ def run_cells(opts, cells, seeds_):
             break
     for c in cells:
         c['sweep'] = {r: tried[id(c)][r]['val_loss'] for r in c['rates_tried']}
+        c['sweep_dirs'] = [tried[id(c)][r]['out_dir'] for r in c['rates_tried']]
     rest = [(c, c['lr'], s) for c in cells for s in seeds_[1:]]
     for c in cells:
         c['seeds'] = [tried[id(c)][c['lr']]]
@@ -244,6 +246,10 @@ def tables(opts, cells, info):
             m, sd, se = spread(d)
             row += [f"{m:+.4f} ± {sd:.4f}", f"{se:.4f}", verdict(d, (c['arm'].upper(), 'HPR'))]
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
+    every = {r['out_dir'] for c in cells for r in c['seeds']} | {d for c in cells for d in c['sweep_dirs']}
+    hours = sum(train_seconds(d) for d in every | {d['out_dir'] for d in info.values()}) / 3600
+    lines += ['', f"Runs: {len(every)} arm runs and {len(info)} bases, {hours:.2f} hours of training steps "
+              f"(the sum of ms_per_iter x steps over their logs)."]
     swept = [c for c in cells if c['swept']]
     if swept:
         lines += ['', f"**The sweeps** (held-out val loss on seed {cells[0]['seeds'][0]['seed']}; best in bold)", '',
@@ -253,6 +259,11 @@ def tables(opts, cells, info):
                       for r, v in sorted(c['sweep'].items())]
             lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm']} | {', '.join(cells_)} |")
     return '\n'.join(lines) + '\n'
+
+
+def train_seconds(run_dir):
+    """A run's training time: ms_per_iter x steps over the train records of its log."""
+    return sum(r['ms_per_iter'] * r['steps'] for r in compare.records(run_dir, 'train')) / 1e3
 
 
 def hpr_of(cells, c):
@@ -291,8 +302,7 @@ def plot(opts, cells, info):
         for c in cells:
             if c['arm'] != 'pc' or hpr_of(cells, c) is None:
                 continue
-            series = (f"n_embd {info[c['base']]['n_embd']}, " + ('repetition grows' if info[c['base']]['n_embd'] == 96
-                      else "the default's tokens") if opts['claim'] == 'quality' else '')
+            series = f"n_embd {info[c['base']]['n_embd']}" if opts['claim'] == 'quality' else ''
             groups.setdefault((c['level'], series), []).append(c)
         for (lvl, series), cs in sorted(groups.items()):
             cs.sort(key=xs)
@@ -302,8 +312,11 @@ def plot(opts, cells, info):
                 m, _, se = spread(d)
                 ax.scatter([xs(c)] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
                 pts.append((xs(c), m, se))
+                if opts['claim'] == 'quality':   # repetition: passes over the training data
+                    ax.annotate(f"{info[c['base']]['passes']:.1f}x", (xs(c), m), fontsize=7,
+                                xytext=(4, 4), textcoords='offset points')
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[2 * p[2] for p in pts], capsize=3,
-                        color=colors.get(lvl, 'k'), ls='-' if 'grows' in series or not series else '--', marker='o',
+                        color=colors.get(lvl, 'k'), ls='--' if series == 'n_embd 48' else '-', marker='o',
                         label=f"{lvl:.0%} removed" + (f" ({series})" if series else ''))
         ax.set_xscale('log', base=2)
         ax.set_xlabel(dict(quality="base tokens per parameter", size="base parameters",
@@ -313,7 +326,8 @@ def plot(opts, cells, info):
                   else 'held-out loss: PC - HPR (below zero: PC ahead)')
     n = len(cells[0]['seeds'])
     ax.set_title(f"Claim '{opts['claim']}': dots are seeds, bars the mean ± 2 SE ({n} seeds)\n"
-                 f"each arm at its own best rate", fontsize=10)
+                 f"each arm at its own best rate" + ("; labels: passes over the training data"
+                                                     if opts['claim'] == 'quality' else ''), fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
