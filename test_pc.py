@@ -3038,6 +3038,10 @@ def test_scans_verdict_is_two_standard_errors():
     assert scans.verdict([-0.03]) == 'one seed'
     d = [-0.01, -0.03, -0.05]                   # mean -0.03: beyond 2 SE (0.023), within 2 sd (0.04)
     assert scans.verdict(d) == 'PC leads'
+    # differences pair the runs of one seed (the same data order), and only seeds both arms have
+    cell = dict(seeds=[dict(seed=1, v=1.0), dict(seed=2, v=3.0), dict(seed=9, v=0.0)])
+    other = dict(seeds=[dict(seed=2, v=1.5), dict(seed=1, v=2.5)])
+    assert scans.paired(cell, other, 'v') == [-1.5, 1.5]
 
 
 def test_scans_recipes_arms(tmp_path, monkeypatch):
