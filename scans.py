@@ -299,11 +299,17 @@ def plot(opts, cells, info):
                   size=lambda c: info[c['base']]['params'],
                   tokens=lambda c: c['seeds'][0]['tokens'] / 1e6)[opts['claim']]
         groups = {}
+        default_tokens = info.get(DEFAULT_BASE, {}).get('tokens')
         for c in cells:
             if c['arm'] != 'pc' or hpr_of(cells, c) is None:
                 continue
-            series = f"n_embd {info[c['base']]['n_embd']}" if opts['claim'] == 'quality' else ''
-            groups.setdefault((c['level'], series), []).append(c)
+            d = info[c['base']]
+            # quality: a line per size (repetition grows with the tokens) and one through the bases
+            # on the default base's tokens (repetition fixed)
+            series = ([f"n_embd {d['n_embd']}"] + (["the default's tokens"] if d['tokens'] == default_tokens else [])
+                      if opts['claim'] == 'quality' else [''])
+            for name in series:
+                groups.setdefault((c['level'], name), []).append(c)
         for (lvl, series), cs in sorted(groups.items()):
             cs.sort(key=xs)
             pts = []
@@ -312,11 +318,12 @@ def plot(opts, cells, info):
                 m, _, se = spread(d)
                 ax.scatter([xs(c)] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
                 pts.append((xs(c), m, se))
-                if opts['claim'] == 'quality':   # repetition: passes over the training data
+                if opts['claim'] == 'quality' and series.startswith('n_embd'):   # passes over the training data
                     ax.annotate(f"{info[c['base']]['passes']:.1f}x", (xs(c), m), fontsize=7,
                                 xytext=(4, 4), textcoords='offset points')
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[2 * p[2] for p in pts], capsize=3,
-                        color=colors.get(lvl, 'k'), ls='--' if series == 'n_embd 48' else '-', marker='o',
+                        color=colors.get(lvl, 'k'), marker='o',
+                        ls={'n_embd 48': '-.', "the default's tokens": ':'}.get(series, '-'),
                         label=f"{lvl:.0%} removed" + (f" ({series})" if series else ''))
         ax.set_xscale('log', base=2)
         ax.set_xlabel(dict(quality="base tokens per parameter", size="base parameters",
