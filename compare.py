@@ -4,7 +4,7 @@ batch, data and tokens, does Projected Compression (PC) end at a lower loss than
 retraining (HPR)? Each arm trains at its own learning rate, the best of a sweep (the rates are in
 config/compare_shakespeare_char.py, next to the command that finds them again).
 
-    python compare.py                                   # 50% and 90%, 1,000 steps, ~22 min on 2 cores
+    python compare.py                                   # 50% and 90%, 1,000 steps, ~8 min on 2 cores
     python compare.py --levels=0.35,0.5,0.65,0.7,0.9 --early=True   # more levels; also a base of 1/4 the tokens
     python compare.py --lrs=2^-12,2^-11,2^-10,2^-9,2^-8 --budgets=1000   # sweep: each arm at its best rate
     python compare.py --lrs=0.001                       # both arms at one shared rate
