@@ -232,18 +232,13 @@ def refuse_other_base(cfg):
 def restore_shipped(cfg, shipped, config_path):
     """The base a fresh clone races from without training it: the shipped run folder, copied whole to
     cfg's out_dir when that holds nothing yet and the shipped run is finished with exactly cfg's settings
-    (copied beside it, then renamed into place: a kill leaves no half-copied base)."""
+    (files.write_folder: a kill leaves no half-copied base)."""
     target = cfg['out_dir']
     if not shipped or (os.path.isdir(target) and os.listdir(target)) or finished({**cfg, 'out_dir': shipped}) is None:
         return
     print(f"== the base: {shipped} ships with the repository, trained by python train.py "
           f"{config_path}; copied to {target}", flush=True)
-    tmp = f"{target}.{os.getpid()}.tmpdir"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(shipped, tmp)
-    if os.path.isdir(target):
-        os.rmdir(target)
-    os.rename(tmp, target)
+    files.write_folder(target, lambda tmp: shutil.copytree(shipped, tmp, dirs_exist_ok=True), may_replace=())
 
 
 def train_in_child(cfg):
