@@ -229,6 +229,15 @@ def refuse_other_base(cfg):
                              f"--base_dir=<another folder> to train this one there")
 
 
+def arm_run_args(arm_config, arm, base_ckpt, level, iters, lr, extra=()):
+    """train.py's arguments for one arm run: a fixed number of steps from a base (no token budget, no
+    early checkpoint), at lr (min_lr a tenth of it) or, for lr None, the arm config's own rate."""
+    args = [arm_config, *extra, f'--arm={arm}', f'--base_ckpt={base_ckpt}', f'--compression={level}',
+            f'--max_iters={iters}', '--max_tokens=0', '--tokens_per_param=0.0', '--stop_iter=0',
+            '--early_ckpt_frac=0.0']
+    return args + ([f'--learning_rate={lr!r}', f'--min_lr={lr / 10!r}'] if lr else [])
+
+
 def restore_shipped(cfg, shipped, config_path):
     """The base a fresh clone races from without training it: the shipped run folder, copied whole to
     cfg's out_dir when that holds nothing yet and the shipped run is finished with exactly cfg's settings
@@ -369,13 +378,9 @@ def main(argv):
                 for imp in imps:
                     for arm in ARMS:
                         for lr in rates:
-                            args = [opts['arm_config']] + arm_args + [
-                                f'--arm={arm}', f'--base_ckpt={path}', f'--compression={lvl}',
-                                f'--max_iters={n}', '--max_tokens=0', '--tokens_per_param=0.0',
-                                '--stop_iter=0', '--early_ckpt_frac=0.0']
-                            args += [f'--importance={imp}'] if imp else []
-                            args += [f'--learning_rate={lr!r}', f'--min_lr={lr / 10!r}'] if lr else []
-                            cfg = train.parse_args(args)
+                            cfg = train.parse_args(arm_run_args(
+                                opts['arm_config'], arm, path, lvl, n, lr,
+                                arm_args + ([f'--importance={imp}'] if imp else [])))
                             check_run(cfg)
                             cfg['out_dir'] = os.path.join(opts['out_dir'], run_name(cfg, lvl, b, n, arm))
                             items.append((dict(level=lvl, base=b, iters=n, arm=arm), cfg))

@@ -107,12 +107,9 @@ def base_run(opts, name):
 
 
 def arm_run(opts, base_path, base_name, level, iters, arm, lr, seed):
-    args = [opts['arm_config'], f'--arm={ARMS[arm]}', f'--base_ckpt={base_path}', f'--compression={level}',
-            f'--max_iters={iters}', '--max_tokens=0', '--tokens_per_param=0.0', '--stop_iter=0',
-            '--early_ckpt_frac=0.0', f'--seed={seed}']
-    args += [f'--distill_alpha={opts["kd_alpha"]}'] if arm.endswith('_kd') else []
-    args += [f'--learning_rate={lr!r}', f'--min_lr={lr / 10!r}'] if lr else []
-    cfg = train.parse_args(args)
+    kd = [f'--distill_alpha={opts["kd_alpha"]}'] if arm.endswith('_kd') else []
+    cfg = train.parse_args(compare.arm_run_args(opts['arm_config'], ARMS[arm], base_path, level, iters, lr,
+                                                [f'--seed={seed}'] + kd))
     compare.check_run(cfg)
     cfg['out_dir'] = os.path.join(opts['out_dir'], 'runs', compare.run_name(cfg, level, base_name, iters, arm))
     return cfg
@@ -294,6 +291,8 @@ def plot(opts, cells, info):
                             label=f"{lvl:.0%} removed" if j == 0 else None)
         ax.set_xticks(range(len(arms)), [f"{a.upper()} - HPR" for a in arms])
         ax.set_yscale('symlog', linthresh=0.02)
+        lo, hi = ax.dataLim.y0, ax.dataLim.y1   # the error bars' ends included: symlog's autoscale cuts them
+        ax.set_ylim(min(lo, 0) * 1.3 - 0.005, max(hi, 0) * 1.3 + 0.005)
     else:
         xs = dict(quality=lambda c: info[c['base']]['tokens_per_param'],
                   size=lambda c: info[c['base']]['params'],
