@@ -241,6 +241,9 @@ def tables(opts, cells, info):
         for key in ('val_loss', 'train_loss'):
             d = paired(c, h, key)
             m, sd, se = spread(d)
+            if key == 'train_loss' and c['arm'].endswith('_kd'):   # its training loss is the KD objective, not CE
+                row += ['not comparable (the KD objective)', '', '']
+                continue
             row += [f"{m:+.4f} ± {sd:.4f}", f"{se:.4f}", verdict(d, (c['arm'].upper(), 'HPR'))]
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
     every = {r['out_dir'] for c in cells for r in c['seeds']} | {d for c in cells for d in c['sweep_dirs']}

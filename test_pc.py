@@ -3074,6 +3074,9 @@ def test_scans_recipes_arms(tmp_path, monkeypatch):
     assert first(hpr) < first(scratch) - 0.05            # the pruned base starts below it
     md = (tmp_path / 'scans' / 'size.md').read_text()
     assert '| a | 50% | 4 | SCRATCH - HPR |' in md and '| a | 50% | 4 | HPR_KD - HPR |' in md
+    # a KD arm's training loss is its distillation objective: no training-loss difference or verdict for it
+    kd_row = next(line for line in md.splitlines() if '| HPR_KD - HPR |' in line)
+    assert kd_row.count('leads') + kd_row.count('noise') <= 1 and 'not comparable (the KD objective)' in kd_row
     assert [c['arm'] for c in cells] == ['hpr', 'scratch', 'hpr_kd']
 
 
