@@ -228,7 +228,7 @@ def tables(opts, cells, info):
         note = ' (edge)' if c['at_edge'] else '' if c['swept'] else ' (config)'
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm']} | {c['seeds'][0]['params']:,} | "
                      f"{compare.rate_name(c['lr'])}{note} | {fmt(v[0], v[1], len(c['seeds']))} | "
-                     f"{fmt(t[0], t[1], len(c['seeds']))} |")
+                     f"{fmt(t[0], t[1], len(c['seeds']))}{' (KD objective)' if c['arm'].endswith('_kd') else ''} |")
     lines += ['', "**Each arm - HPR**, paired by seed (below zero: the arm ahead; mean ± sd, standard error; "
               "a lead only beyond 2 standard errors)", '',
               '| base | level | steps | arm - HPR | held-out | SE | verdict | paper\'s measure | SE | verdict |',
@@ -239,11 +239,11 @@ def tables(opts, cells, info):
             continue
         row = []
         for key in ('val_loss', 'train_loss'):
-            d = paired(c, h, key)
-            m, sd, se = spread(d)
             if key == 'train_loss' and c['arm'].endswith('_kd'):   # its training loss is the KD objective, not CE
                 row += ['not comparable (the KD objective)', '', '']
                 continue
+            d = paired(c, h, key)
+            m, sd, se = spread(d)
             row += [f"{m:+.4f} ± {sd:.4f}", f"{se:.4f}", verdict(d, (c['arm'].upper(), 'HPR'))]
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
     every = {r['out_dir'] for c in cells for r in c['seeds']} | {d for c in cells for d in c['sweep_dirs']}
