@@ -307,13 +307,17 @@ def records(run_dir, kind):
         return [r for r in map(json.loads, f) if r['kind'] == kind]
 
 
-def last_steps_loss(run_dir, n):
-    """Training loss averaged over the last n steps (train records hold means over `steps`)."""
+def last_steps_loss(run_dir, n, distilled=False):
+    """Training cross-entropy averaged over the last n steps (train records hold means over `steps`).
+    A distillation run's 'loss' is its objective; its CE is 'ce' (None: a run from before train.py
+    logged it)."""
     total, steps = 0.0, 0
     for r in reversed(records(run_dir, 'train')):
         if steps >= n:
             break
-        total, steps = total + r['loss'] * r['steps'], steps + r['steps']
+        if distilled and 'ce' not in r:
+            return None
+        total, steps = total + r['ce' if distilled else 'loss'] * r['steps'], steps + r['steps']
     return total / steps
 
 
@@ -410,7 +414,10 @@ def main(argv):
     for (meta_, cfg), s in zip(items, summaries):
         results.append(dict(meta_, importance=cfg['importance'], lr=cfg['learning_rate'],
                             **{k: s[k] for k in ('out_dir', 'tokens', 'val_loss', 'params', 'trainable_params')},
-                            train_loss=last_steps_loss(s['out_dir'], opts['last_steps'])))
+                            train_loss=last_steps_loss(s['out_dir'], opts['last_steps'], bool(cfg['distill_alpha']))))
+        if results[-1]['train_loss'] is None:
+            raise SystemExit(f"error: {s['out_dir']} is a distillation run from before train.py logged its "
+                             f"cross-entropy; remove the folder to rerun it")
     race = best_rates(results)
     base_evals = downstream_scores(race, bases, eval_cfg, opts) if eval_cfg else None
 

@@ -132,7 +132,8 @@ def prior_rate(opts, level, arm):
 
 def result(cfg, summary):
     return dict(lr=cfg['learning_rate'], seed=cfg['seed'], val_loss=summary['val_loss'], tokens=summary['tokens'],
-                train_loss=compare.last_steps_loss(cfg['out_dir'], 100), out_dir=cfg['out_dir'],
+                train_loss=compare.last_steps_loss(cfg['out_dir'], 100, distilled=bool(cfg['distill_alpha'])),
+                out_dir=cfg['out_dir'],
                 params=summary['params'], trainable_params=summary['trainable_params'])
 
 
@@ -196,6 +197,12 @@ def verdict(diffs, names=('PC', 'HPR')):
     return f"{names[0] if m < 0 else names[1]} leads"
 
 
+def no_ce(cell):
+    """'' when every run of the cell logged its training CE, else what its CE cells say instead."""
+    missing = any(r['train_loss'] is None for r in cell['seeds'])
+    return 'not logged (a KD run from before train.py logged CE: remove it to rerun)' if missing else ''
+
+
 def paired(cell, other, key):
     """Per-seed differences cell - other (only seeds both have)."""
     theirs = {r['seed']: r[key] for r in other['seeds']}
@@ -224,11 +231,10 @@ def tables(opts, cells, info):
               '|---|---|---|---|---|---|---|---|']
     for c in cells:
         v = spread([r['val_loss'] for r in c['seeds']])
-        t = spread([r['train_loss'] for r in c['seeds']])
+        t = no_ce(c) or fmt(*spread([r['train_loss'] for r in c['seeds']])[:2], len(c['seeds']))
         note = ' (edge)' if c['at_edge'] else '' if c['swept'] else ' (config)'
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm']} | {c['seeds'][0]['params']:,} | "
-                     f"{compare.rate_name(c['lr'])}{note} | {fmt(v[0], v[1], len(c['seeds']))} | "
-                     f"{fmt(t[0], t[1], len(c['seeds']))}{' (KD objective)' if c['arm'].endswith('_kd') else ''} |")
+                     f"{compare.rate_name(c['lr'])}{note} | {fmt(v[0], v[1], len(c['seeds']))} | {t} |")
     lines += ['', "**Each arm - HPR**, paired by seed (below zero: the arm ahead; mean ± sd, standard error; "
               "a lead only beyond 2 standard errors)", '',
               '| base | level | steps | arm - HPR | held-out | SE | verdict | paper\'s measure | SE | verdict |',
@@ -239,8 +245,8 @@ def tables(opts, cells, info):
             continue
         row = []
         for key in ('val_loss', 'train_loss'):
-            if key == 'train_loss' and c['arm'].endswith('_kd'):   # its training loss is the KD objective, not CE
-                row += ['not comparable (the KD objective)', '', '']
+            if key == 'train_loss' and no_ce(c):
+                row += [no_ce(c), '', '']
                 continue
             d = paired(c, h, key)
             m, sd, se = spread(d)

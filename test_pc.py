@@ -1777,17 +1777,20 @@ def test_flops_per_token_by_hand():
     assert GPT(cfg).estimate_mfu(1000.0, 1e9) == pytest.approx(gpt.flops_per_token(cfg) * 1000 / 1e9)
 
 
-def test_resume_between_log_records(dataset, base_run, tmp_path):
-    """A checkpoint between two log records keeps the training losses not yet logged, so a resumed
-    run logs exactly what the uninterrupted run logs (here: log every 4 steps, checkpoints every 3)."""
-    over = dict(arm_overrides('pc', base_run), max_iters=8, eval_interval=3, log_interval=4)
+@pytest.mark.parametrize('alpha', [0.0, 0.5])
+def test_resume_between_log_records(alpha, dataset, base_run, tmp_path):
+    """A checkpoint between two log records keeps the training losses not yet logged (a distillation
+    run's CE too), so a resumed run logs exactly what the uninterrupted run logs (here: log every 4
+    steps, checkpoints every 3)."""
+    over = dict(arm_overrides('pc', base_run), max_iters=8, eval_interval=3, log_interval=4, distill_alpha=alpha)
     run(dataset, tmp_path / 'a', **over)
     run(dataset, tmp_path / 'b', stop_iter=3, **over)
     run(dataset, tmp_path / 'b', init_from='resume', **over)
     ra, rb = (by_iter(records(tmp_path / n), 'train') for n in ('a', 'b'))
     assert sorted(ra) == sorted(rb) == [4, 8]
     for i in ra:
-        assert (rb[i]['loss'], rb[i]['steps']) == (ra[i]['loss'], ra[i]['steps'])
+        assert (rb[i]['loss'], rb[i]['steps'], rb[i].get('ce')) == (ra[i]['loss'], ra[i]['steps'], ra[i].get('ce'))
+    assert all(('ce' in r) == bool(alpha) for r in ra.values())
 
 
 def test_resume_refuses_another_resolved_proj_dtype(dataset, base_run, tmp_path):
@@ -2072,6 +2075,13 @@ def test_distillation(dataset, base_run, tmp_path, monkeypatch):
     run(dataset, plain, **over)
     run(dataset, zero, distill_alpha=0.0, distill_temperature=3.0, **over)
     assert [r.get('loss') for r in records(plain)] == [r.get('loss') for r in records(zero)]
+    # a distillation run logs its CE beside its objective: at the first step (the same weights and
+    # batch as the plain run's) the CE is the plain run's loss, and the objective is not it
+    kd = tmp_path / 'kd'
+    run(dataset, kd, distill_alpha=0.5, **{**over, 'log_interval': 1})
+    first = by_iter(records(kd), 'train')[1]
+    assert first['ce'] == by_iter(records(plain), 'train')[1]['loss'] != first['loss']
+    assert not any('ce' in r for r in records(plain))
     for arm in ('pc', 'hpr'):
         r = setup_run(dataset, tmp_path / f'd_{arm}', distill_alpha=0.5, distill_temperature=2.0,
                       **{**arm_overrides(arm, base_run), 'max_iters': 3})
@@ -2916,13 +2926,21 @@ def test_compare_kept_sets(dataset, base_run):
 
 def test_last_steps_loss(tmp_path):
     """The paper's measure averages per-step losses over the last N steps, weighting each log
-    record by the steps it covers."""
+    record by the steps it covers; a distillation run's is its CE, not its objective."""
     (tmp_path / 'metrics.jsonl').write_text(
         '{"kind": "train", "iter": 2, "loss": 4.0, "steps": 2}\n'
         '{"kind": "eval", "iter": 2, "val_loss": 9.0}\n'
         '{"kind": "train", "iter": 5, "loss": 1.0, "steps": 3}\n')
     assert compare.last_steps_loss(str(tmp_path), 3) == 1.0
     assert compare.last_steps_loss(str(tmp_path), 5) == pytest.approx((2 * 4.0 + 3 * 1.0) / 5)
+    # a distillation run: the cross-entropy beside its objective; None where a record lacks it
+    (tmp_path / 'metrics.jsonl').write_text(
+        '{"kind": "train", "iter": 2, "loss": 4.0, "ce": 6.0, "steps": 2}\n'
+        '{"kind": "train", "iter": 5, "loss": 1.0, "ce": 2.0, "steps": 3}\n')
+    assert compare.last_steps_loss(str(tmp_path), 5, distilled=True) == pytest.approx((2 * 6.0 + 3 * 2.0) / 5)
+    assert compare.last_steps_loss(str(tmp_path), 5) == pytest.approx((2 * 4.0 + 3 * 1.0) / 5)
+    (tmp_path / 'metrics.jsonl').write_text('{"kind": "train", "iter": 2, "loss": 4.0, "steps": 2}\n')
+    assert compare.last_steps_loss(str(tmp_path), 5, distilled=True) is None
 
 
 def test_compare_rates():
@@ -3074,11 +3092,21 @@ def test_scans_recipes_arms(tmp_path, monkeypatch):
     assert first(hpr) < first(scratch) - 0.05            # the pruned base starts below it
     md = (tmp_path / 'scans' / 'size.md').read_text()
     assert '| a | 50% | 4 | SCRATCH - HPR |' in md and '| a | 50% | 4 | HPR_KD - HPR |' in md
-    # a KD arm's training loss is its distillation objective: no training-loss difference or verdict for it
-    kd_row = next(line for line in md.splitlines() if '| HPR_KD - HPR |' in line)
-    cells_ = [x.strip() for x in kd_row.split('|')[1:-1]]
-    assert cells_[4:7] != ['', '', ''] and cells_[7:] == ['not comparable (the KD objective)', '', '']
-    assert next(line for line in md.splitlines() if '| hpr_kd |' in line).endswith('(KD objective) |')
+    # a KD arm's paper's-measure cells are its training CE (not its objective), against HPR's
+    kd_run = next(c for c in cells if c['arm'] == 'hpr_kd')['seeds'][0]['out_dir']   # the row's run
+    logged = compare.records(kd_run, 'train')   # (fewer than 100 steps: the mean over all of them)
+    mean = lambda key: sum(r[key] * r['steps'] for r in logged) / sum(r['steps'] for r in logged)
+    kd_row = next(line for line in md.splitlines() if '| hpr_kd |' in line)
+    assert kd_row.endswith(f"| {mean('ce'):.4f} ± 0.0000 (1) |") and f"{mean('loss'):.4f}" not in kd_row, kd_row
+    # a KD run from before train.py logged CE: its cells say so instead of showing the objective
+    path = os.path.join(kd_run, 'metrics.jsonl')
+    old = [json.loads(line) for line in open(path)]
+    with open(path, 'w') as f:
+        f.writelines(json.dumps({k: v for k, v in r.items() if k != 'ce'}) + '\n' for r in old)
+    scans.main(args)
+    md = (tmp_path / 'scans' / 'size.md').read_text()
+    cells_ = [x.strip() for x in next(line for line in md.splitlines() if '| HPR_KD - HPR |' in line).split('|')[1:-1]]
+    assert cells_[4:7] != ['', '', ''] and cells_[7].startswith('not logged') and cells_[8:] == ['', '']
     assert [c['arm'] for c in cells] == ['hpr', 'scratch', 'hpr_kd']
 
 

@@ -164,7 +164,7 @@ def train_step(r):
     lr = lr_at(r.it, c, r.total)
     for group in r.optimizer.param_groups:
         group['lr'] = lr
-    step_loss = torch.zeros((), device=r.dev)
+    step_loss = torch.zeros(2, device=r.dev)   # the step's loss and its cross-entropy (equal unless distilling)
     for micro in range(r.accum):
         if r.world > 1:   # average gradients across processes on the last micro-batch only
             r.runner.require_backward_grad_sync = micro == r.accum - 1
@@ -172,16 +172,16 @@ def train_step(r):
             torch.manual_seed(c.seed + 1 + (r.it * r.accum + micro) * r.world + r.rank)
         x, y = (t.to(r.dev, non_blocking=True) for t in r.train_batches.next())
         with r.ctx:
-            logits, loss = r.runner(x, y)
-            if c.distill_alpha:
-                loss = distilled(loss, logits, r.teacher(x, y)[0], c.distill_alpha, c.distill_temperature)
+            logits, ce = r.runner(x, y)
+            loss = ce if not c.distill_alpha else distilled(ce, logits, r.teacher(x, y)[0], c.distill_alpha,
+                                                            c.distill_temperature)
         (loss / r.accum).backward()
-        step_loss += loss.detach() / r.accum
+        step_loss += torch.stack([loss.detach(), ce.detach()]) / r.accum
     if r.projected is not None and not c.pc_naive:
         r.projected.backward_projections()   # dL/dW_c -> dL/dP, dL/dR, once per step
     if r.world > 1:   # every process must see a bad step, or the others would wait for it forever
         processes.average(step_loss)
-    if not torch.isfinite(step_loss):
+    if not torch.isfinite(step_loss).all():
         raise SystemExit(f"error: non-finite loss at iter {r.it}; {kept(r)}; lower learning_rate or check the data")
     if c.grad_clip:   # (under torchrun, PC's norm counts every process's P and R)
         processes.clip_gradients(r.sharded, r.replicated, c.grad_clip, r.world if r.projected is not None else 1)
@@ -215,9 +215,11 @@ def train(cfg):
         if r.it % c.log_interval == 0 or r.it == r.total:   # (a stop keeps its pending losses in the checkpoint)
             dt = r.train_time / r.loss_steps
             record = dict(kind='train', iter=r.it, tokens=r.it * r.tokens_per_iter,
-                          epochs=round(r.train_batches.epochs, 6), loss=r.loss_sum.item() / r.loss_steps,
+                          epochs=round(r.train_batches.epochs, 6), loss=r.loss_sum[0].item() / r.loss_steps,
                           steps=r.loss_steps, lr=lr, ms_per_iter=1000 * dt, tok_per_s=r.tokens_per_iter / dt,
                           tok_per_s_per_process=r.tokens_per_iter / dt / r.world)
+            if c.distill_alpha:   # the objective is not CE: log CE too, the measure the other arms log
+                record['ce'] = r.loss_sum[1].item() / r.loss_steps
             if r.peak:   # per GPU: each process's tokens against one GPU's peak
                 record['mfu'] = r.model.estimate_mfu(record['tok_per_s_per_process'], r.peak, seq_len=c.block_size)
             log(r, record)
@@ -283,7 +285,8 @@ def finish(r):
 
 def log(r, record):
     if record['kind'] == 'train':
-        r.say(f"iter {record['iter']}: loss {record['loss']:.4f}, lr {record['lr']:.2e}, "
+        r.say(f"iter {record['iter']}: loss {record['loss']:.4f}"
+              + (f" (CE {record['ce']:.4f})" if 'ce' in record else '') + f", lr {record['lr']:.2e}, "
               f"{record['ms_per_iter']:.1f} ms/iter, {record['tok_per_s']:,.0f} tok/s"
               + (f", mfu {record['mfu']:.1%}" if 'mfu' in record else ''))
     else:
@@ -337,7 +340,7 @@ class Run:
     it: int = 0
     best_val: float = float('inf')
     val: float = None
-    loss_sum: object = None         # training losses since the last log record (a tensor, no sync)
+    loss_sum: object = None         # [loss, CE] summed since the last log record (a tensor, no sync)
     loss_steps: int = 0
     train_time: float = 0.0
     saved_it: int = -1              # the iteration of this run's last checkpoint on disk, or -1
@@ -402,7 +405,7 @@ def setup(cfg):
     r.val_batches = fixed_batches(data_dir, 'val', c.block_size, c.batch_size, c.eval_iters, seed=c.seed + 1)
     r.tokens_per_iter = c.batch_size * c.block_size * c.grad_accum
     r.total = (c.max_iters or math.ceil((c.max_tokens or c.tokens_per_param * r.n_model) / r.tokens_per_iter))
-    r.loss_sum = torch.zeros((), device=dev)
+    r.loss_sum = torch.zeros(2, device=dev)
     if resume is not None:
         checkpoint.restore(r, resume)
     processes.agree(dict(iteration=r.it, base=r.base_info.get('base_sha256'), kept_dimensions=r.keep,

@@ -220,7 +220,7 @@ def write_main(r, path, model, optim, shards, token):
         model=model, optimizer=optim, shards=shards, shard_bytes=sizes, owner=r.owner, iter=r.it,
         best_val=r.best_val, config=dict(r.cfg), tokenizer=r.tokenizer, loader=r.train_batches.state_dict(),
         rng=torch.get_rng_state(), keep=r.keep, proj_dtype=r.proj_dtype, saved=token,
-        pending=dict(loss=r.loss_sum.item(), steps=r.loss_steps, time=r.train_time), **r.base_info,
+        pending=dict(loss=r.loss_sum.tolist(), steps=r.loss_steps, time=r.train_time), **r.base_info,
         **({'cuda_rng': torch.cuda.get_rng_state()} if r.device_type == 'cuda' else {})), path)
     for old in glob.glob(glob.escape(path) + '.*of*'):
         if os.path.basename(old) not in shards:
@@ -336,5 +336,5 @@ def restore(r, resume):
     torch.set_rng_state(resume['rng'])
     if r.device_type == 'cuda' and 'cuda_rng' in resume:
         torch.cuda.set_rng_state(resume['cuda_rng'])
-    r.loss_sum += resume['pending']['loss']
+    r.loss_sum += torch.tensor(resume['pending']['loss'], device=r.loss_sum.device)   # [loss, CE] (older: one number, both)
     r.loss_steps, r.train_time = resume['pending']['steps'], resume['pending']['time']
