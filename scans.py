@@ -115,19 +115,23 @@ def arm_run(opts, base_path, base_name, level, iters, arm, lr, seed):
     return cfg
 
 
+def config_rate(opts, level, arm):
+    """The arm config's rate at this level (the earlier sweep's best for the default base at 1,000 steps)."""
+    default_ckpt = os.path.join(base_run(opts, DEFAULT_BASE)['out_dir'], 'ckpt.pt')
+    return arm_run(opts, default_ckpt, DEFAULT_BASE, level, 1000, arm, None, 0)['learning_rate']
+
+
 def known_rate(opts, base_name, level, iters, arm):
     """The earlier sweep's best rate (config/compare_shakespeare_char.py), for the default base's HPR
     and PC at the main job's 1,000 steps; None elsewhere."""
     if base_name != DEFAULT_BASE or iters != 1000 or arm not in ('hpr', 'pc'):
         return None
-    return arm_run(opts, 'out/base_shakespeare_char/ckpt.pt', base_name, level, iters, arm, None, 0)['learning_rate']
+    return config_rate(opts, level, arm)
 
 
 def prior_rate(opts, level, arm):
     """Where a sweep starts: the default base's rate of the arm (of its plain arm, for KD)."""
-    if arm == 'scratch':
-        return SCRATCH_PRIOR
-    return arm_run(opts, 'out/base_shakespeare_char/ckpt.pt', DEFAULT_BASE, level, 1000, ARMS[arm], None, 0)['learning_rate']
+    return SCRATCH_PRIOR if arm == 'scratch' else config_rate(opts, level, ARMS[arm])
 
 
 def result(cfg, summary):
