@@ -3778,7 +3778,7 @@ def test_export_is_one_change(tmp_path, monkeypatch):
     assert (tmp_path / 'e' / 'notes.txt').read_text() == 'mine'
 
 
-def test_export_command(tmp_path, capsys):
+def test_export_command(tmp_path, capsys, monkeypatch):
     """export.py SOURCE OUT_DIR: a checkpoint of a compressed GPT (as merged.pt) becomes a folder
     that reads back bit for bit with its tokenizer; a PC training checkpoint is refused with the
     path of its merged model; wrong arguments print the usage."""
@@ -3804,6 +3804,13 @@ def test_export_command(tmp_path, capsys):
     (tmp_path / 'afile').write_text('x')   # an OUT_DIR that cannot be a folder: one line
     error_of(export.main, [str(tmp_path / 'merged.pt'), str(tmp_path / 'afile' / 'out')],
              match=r"could not create .*afile/out")
+    # --check without transformers: the one line comes before the folder is written
+    real_find = export.importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'transformers' else real_find(name, *a))
+    error_of(export.main, [str(tmp_path / 'merged.pt'), str(tmp_path / 'out3'), '--check'],
+             match=r"--check needs transformers: pip install -r requirements-test\.txt")
+    assert not (tmp_path / 'out3').exists()
 
 
 def char_checkpoint(path, seed=16, chars=None, **kw):
