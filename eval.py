@@ -19,6 +19,7 @@ plots an average of downstream benchmarks without naming them; these are the one
 and 'average' is their mean accuracy (acc, zero-shot), as far as this project can tell the poster's.
 """
 import functools
+import glob
 import json
 import math
 import os
@@ -194,10 +195,30 @@ def task_names(lm_eval, cfg, prefix=''):
             manager = None
     manager = manager or task_manager(cfg['include_path'], True)
     unknown = [t for t in names if t not in manager.all_tasks]
+    bad = unknown and cfg['include_path'] and unparsed_yaml(cfg['include_path'])
+    if bad:   # lm-eval skips a file it cannot parse, so its task is only "unknown"
+        raise SystemExit(f"error: lm-eval has no task {unknown[0]!r}, and {bad[0]} in {opt('include_path')} "
+                         f"is not valid YAML ({bad[1]}); fix that file")
     if unknown:
         raise SystemExit(f"error: lm-eval has no task {unknown[0]!r}; `python -m lm_eval ls tasks` lists "
                          f"them (a task of your own: {opt('include_path')}=<folder with its YAML>)")
     return names, manager
+
+
+def unparsed_yaml(folder):
+    """(path, why) of the first task file under folder that does not parse as YAML, or None."""
+    import yaml
+    lenient = type('Lenient', (yaml.SafeLoader,), {})
+    lenient.add_multi_constructor('!', lambda loader, suffix, node: None)   # lm-eval's tags: !function ...
+    for path in sorted(glob.glob(os.path.join(folder, '**', '*.yaml'), recursive=True)):
+        try:
+            with open(path) as f:
+                yaml.load(f, lenient)
+        except yaml.YAMLError as e:
+            mark = getattr(e, 'problem_mark', None)
+            return path, (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else '') + str(
+                getattr(e, 'problem', None) or first_line(e))
+    return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -4055,7 +4055,12 @@ def test_eval_bad_inputs(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, 'task_manager', lambda path, defaults: real_manager(path, False))
     error_of(run_eval, '--tasks=tiny_mc', t, match=r"give --model=")
     error_of(run_eval, '--model=gpt-5', match=r"--model=gpt-5 is no checkpoint \(\.pt\), model folder or pretrained name")
-    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_nope', t, match=r"lm-eval has no task 'tiny_nope'")
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_nope', t, match=r"lm-eval has no task 'tiny_nope';")
+    # a task file with a YAML syntax error: lm-eval skips it, so the line names the file
+    shutil.copytree(tasks, tmp_path / 'broken')
+    (tmp_path / 'broken' / 'tiny_bad.yaml').write_text('task: tiny_bad\ndataset_kwargs: {data_files: [x\n')
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_bad', f'--include_path={tmp_path / "broken"}',
+             match=r"no task 'tiny_bad', and .*tiny_bad\.yaml in --include_path is not valid YAML \(line 3, column 1: expected ','")
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_mc', t, match=r"checkpoint '.*none\.pt' does not exist")
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=,', match=r"--tasks is empty")
     error_of(run_eval, '--model=x.pt', '--limit=-1', match=r"--limit=-1 must not be negative")
