@@ -3076,6 +3076,26 @@ def test_scans_verdict_is_two_standard_errors():
     assert scans.paired(cell, other, 'v') == [-1.5, 1.5]
 
 
+def test_scans_recipes_figure_holds_every_bar(tmp_path, monkeypatch):
+    """The recipes figure (a symlog axis, whose autoscale cuts error bars) shows every seed's
+    difference and every mean ± 2 standard errors, a large one (+0.3) beside small ones (-0.015)."""
+    import matplotlib.pyplot as plt
+    diffs = dict(scratch=[0.20, 0.31, 0.45], hpr_kd=[-0.0150, -0.0146, -0.0153], pc_kd=[-0.020, -0.012, -0.019])
+    cells = []
+    for lvl in (0.5, 0.9):
+        hpr = dict(arm='hpr', base='a', level=lvl, iters=4, seeds=[dict(seed=s, val_loss=1.6) for s in (1, 2, 3)])
+        cells.append(hpr)
+        cells += [dict(hpr, arm=arm, seeds=[dict(seed=s, val_loss=1.6 + d) for s, d in zip((1, 2, 3), ds)])
+                  for arm, ds in diffs.items()]
+    monkeypatch.setattr(plt, 'close', lambda fig: None)
+    scans.plot(dict(claim='recipes', out_dir=str(tmp_path)), cells, {})
+    lo, hi = plt.gcf().axes[0].get_ylim()
+    for ds in diffs.values():
+        m, se = np.mean(ds), np.std(ds, ddof=1) / math.sqrt(len(ds))
+        assert lo < min(min(ds), m - 2 * se) and max(max(ds), m + 2 * se) < hi, (lo, hi, ds)
+    plt.close('all')
+
+
 def test_scans_recipes_arms(tmp_path, monkeypatch):
     """The recipes: from scratch trains HPR's shapes from random initialisation (not the pruned
     base), and the distillation arms are HPR and PC with distill_alpha, each at its own rate."""
