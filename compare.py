@@ -308,9 +308,9 @@ def records(run_dir, kind):
 
 
 def last_steps_loss(run_dir, n, distilled=False):
-    """Training cross-entropy averaged over the last n steps (train records hold means over `steps`).
-    A distillation run's 'loss' is its objective; its CE is 'ce' (None: a run from before train.py
-    logged it)."""
+    """The training loss averaged over the last n steps (train records hold means over `steps`):
+    the cross-entropy, which for a distillation run (distilled=True) is its records' 'ce', not its
+    objective 'loss' (None: a run from before train.py logged it)."""
     total, steps = 0.0, 0
     for r in reversed(records(run_dir, 'train')):
         if steps >= n:
@@ -397,6 +397,10 @@ def main(argv):
                              f"base's ({run_[1]['block_size']})")
         if not finished(run_[1]):
             refuse_other_base(run_[1])
+    for _, cfg in items:   # a finished distillation run is reused only with its training CE
+        if cfg['distill_alpha'] and finished(cfg) and last_steps_loss(cfg['out_dir'], 1, True) is None:
+            raise SystemExit(f"error: {cfg['out_dir']} is a distillation run from before train.py logged its "
+                             f"cross-entropy; remove the folder to rerun it")
 
     # 1. the embedded dataset, prepared if missing
     if (items[0][1]['dataset'] == 'shakespeare_char'
@@ -415,9 +419,6 @@ def main(argv):
         results.append(dict(meta_, importance=cfg['importance'], lr=cfg['learning_rate'],
                             **{k: s[k] for k in ('out_dir', 'tokens', 'val_loss', 'params', 'trainable_params')},
                             train_loss=last_steps_loss(s['out_dir'], opts['last_steps'], bool(cfg['distill_alpha']))))
-        if results[-1]['train_loss'] is None:
-            raise SystemExit(f"error: {s['out_dir']} is a distillation run from before train.py logged its "
-                             f"cross-entropy; remove the folder to rerun it")
     race = best_rates(results)
     base_evals = downstream_scores(race, bases, eval_cfg, opts) if eval_cfg else None
 

@@ -195,7 +195,7 @@ def task_names(lm_eval, cfg, prefix=''):
             manager = None
     manager = manager or task_manager(cfg['include_path'], True)
     unknown = [t for t in names if t not in manager.all_tasks]
-    bad = unknown and cfg['include_path'] and unparsed_yaml(cfg['include_path'])
+    bad = unknown and cfg['include_path'] and unparsed_yaml(cfg['include_path'], unknown[0])
     if bad:   # lm-eval skips a file it cannot parse, so its task is only "unknown"
         raise SystemExit(f"error: lm-eval has no task {unknown[0]!r}, and {bad[0]} in {opt('include_path')} "
                          f"is not valid YAML ({bad[1]}); fix that file")
@@ -205,15 +205,18 @@ def task_names(lm_eval, cfg, prefix=''):
     return names, manager
 
 
-def unparsed_yaml(folder):
-    """(path, why) of the first task file under folder that does not parse as YAML, or None."""
+def unparsed_yaml(folder, name):
+    """(path, why) of the first task file under folder that names `name` and does not parse as YAML, or None."""
     import yaml
     lenient = type('Lenient', (yaml.SafeLoader,), {})
     lenient.add_multi_constructor('!', lambda loader, suffix, node: None)   # lm-eval's tags: !function ...
     for path in sorted(glob.glob(os.path.join(folder, '**', '*.yaml'), recursive=True)):
+        with open(path) as f:
+            text = f.read()
+        if name not in text:
+            continue
         try:
-            with open(path) as f:
-                yaml.load(f, lenient)
+            yaml.load(text, lenient)
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None)
             return path, (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else '') + str(

@@ -63,7 +63,11 @@ def main(argv):
 @torch.no_grad()
 def check_in_transformers(model, folder, n=4, new_tokens=20):
     """One line: transformers' logits against gpt.py's on n random sequences, and greedy tokens."""
-    import transformers
+    try:
+        import transformers
+    except ImportError as e:   # installed (find_spec saw it) but broken
+        raise SystemExit(f"error: --check: transformers does not import ({e}); "
+                         f"pip install -r requirements-test.txt")
     transformers.logging.set_verbosity_error()
     cfg = model.config
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=not hf.hf_compatible(cfg))

@@ -203,8 +203,9 @@ def verdict(diffs, names=('PC', 'HPR')):
 
 def no_ce(cell):
     """'' when every run of the cell logged its training CE, else what its CE cells say instead."""
-    missing = any(r['train_loss'] is None for r in cell['seeds'])
-    return 'not logged (a KD run from before train.py logged CE: remove it to rerun)' if missing else ''
+    missing = [r['out_dir'] for r in cell['seeds'] if r['train_loss'] is None]
+    return (f"not logged (a KD run from before train.py logged CE: remove {missing[0]} to rerun it)"
+            if missing else '')
 
 
 def paired(cell, other, key):

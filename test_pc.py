@@ -1460,6 +1460,13 @@ def test_resume_may_change_only_where_and_how_it_runs():
         r = SimpleNamespace(c=SimpleNamespace(**cfg), cfg={**cfg, key: other}, ckpt_path='ckpt.pt', proj_dtype='float32')
         resume = dict(iter=1, loader={}, config=cfg, proj_dtype='float32')
         error_of(checkpoint.check_resume, r, resume, match=rf"other settings: {key}=")
+    # a distillation checkpoint from before train.py logged CE, with losses not yet logged: its CE is unknown
+    kd = dict(cfg, distill_alpha=0.5)
+    r = SimpleNamespace(c=SimpleNamespace(**kd), cfg=kd, ckpt_path='ckpt.pt', proj_dtype='float32')
+    resume = lambda loss, steps: dict(iter=1, loader={}, config=kd, pending=dict(loss=loss, steps=steps, time=0.0))
+    error_of(checkpoint.check_resume, r, resume(2.5, 3), match=r"from before train\.py logged a distillation run's CE")
+    checkpoint.check_resume(r, resume(2.5, 0))          # nothing pending: nothing unknown
+    checkpoint.check_resume(r, resume([2.5, 2.0], 3))   # today's: the CE is kept
 
 
 @pytest.mark.parametrize('arm', ['base', 'pc', 'hpr'])
@@ -2678,6 +2685,22 @@ def tiny_compare_args(tmp_path, ds, *extra):
             + list(extra))
 
 
+def test_compare_distillation_measure(tmp_path):
+    """compare.py --distill_alpha: the paper's measure of each run is its training CE, not its
+    objective; a finished distillation run without a CE log is refused, by folder, before any work."""
+    ds = write_dataset(tmp_path / 'ds')
+    args = tiny_compare_args(tmp_path, ds, '--budgets=3', '--levels=0.5', '--lrs=2^-8', '--distill_alpha=0.5')
+    race = compare.main(args)
+    for r in race:
+        logged = compare.records(r['out_dir'], 'train')
+        assert r['train_loss'] == pytest.approx(sum(x['ce'] for x in logged) / len(logged))   # 3 steps of 1
+        assert r['train_loss'] != pytest.approx(sum(x['loss'] for x in logged) / len(logged))
+    path = os.path.join(race[0]['out_dir'], 'metrics.jsonl')
+    old = [json.loads(line) for line in open(path)]
+    files.write_text(path, ''.join(json.dumps({k: v for k, v in x.items() if k != 'ce'}) + '\n' for x in old))
+    error_of(compare.main, args, match=rf"{re.escape(race[0]['out_dir'])} is a distillation run from before train\.py")
+
+
 def test_compare_end_to_end(tmp_path, capsys):
     """compare.py trains a base and, with --early, a second base on a quarter of its steps with its
     own full schedule; sweeps both arms over the same rates at every budget, races each arm at its
@@ -3118,6 +3141,9 @@ def test_scans_recipes_arms(tmp_path, monkeypatch):
     mean = lambda key: sum(r[key] * r['steps'] for r in logged) / sum(r['steps'] for r in logged)
     kd_row = next(line for line in md.splitlines() if '| hpr_kd |' in line)
     assert kd_row.endswith(f"| {mean('ce'):.4f} ± 0.0000 (1) |") and f"{mean('loss'):.4f}" not in kd_row, kd_row
+    hpr_run = next(c for c in cells if c['arm'] == 'hpr')['seeds'][0]['out_dir']
+    pair = [x.strip() for x in next(line for line in md.splitlines() if '| HPR_KD - HPR |' in line).split('|')[1:-1]]
+    assert pair[7] == f"{mean('ce') - compare.last_steps_loss(hpr_run, 100):+.4f} ± 0.0000", pair
     # a KD run from before train.py logged CE: its cells say so instead of showing the objective
     path = os.path.join(kd_run, 'metrics.jsonl')
     old = [json.loads(line) for line in open(path)]
@@ -4081,6 +4107,9 @@ def test_eval_bad_inputs(tmp_path, monkeypatch):
     (tmp_path / 'broken' / 'tiny_bad.yaml').write_text('task: tiny_bad\ndataset_kwargs: {data_files: [x\n')
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_bad', f'--include_path={tmp_path / "broken"}',
              match=r"no task 'tiny_bad', and .*tiny_bad\.yaml in --include_path is not valid YAML \(line 3, column 1: expected ','")
+    # ... but a misspelt name is not blamed on a broken file that does not name it
+    error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_nope', f'--include_path={tmp_path / "broken"}',
+             match=r"lm-eval has no task 'tiny_nope'; `python -m lm_eval ls tasks` lists them")
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=tiny_mc', t, match=r"checkpoint '.*none\.pt' does not exist")
     error_of(run_eval, f'--model={tmp_path / "none.pt"}', '--tasks=,', match=r"--tasks is empty")
     error_of(run_eval, '--model=x.pt', '--limit=-1', match=r"--limit=-1 must not be negative")

@@ -294,6 +294,9 @@ def check_resume(r, resume):
     if changed:
         raise SystemExit(f"error: {r.ckpt_path} was trained with other settings: "
                          f"{', '.join(changed)}; resume with the checkpoint's settings")
+    if c.distill_alpha and resume['pending']['steps'] and not isinstance(resume['pending']['loss'], list):
+        raise SystemExit(f"error: {r.ckpt_path} holds training losses not yet logged, from before train.py "
+                         f"logged a distillation run's CE; resume it with that train.py, or start the run again")
 
 
 def check_finite(base, spec):
@@ -336,5 +339,5 @@ def restore(r, resume):
     torch.set_rng_state(resume['rng'])
     if r.device_type == 'cuda' and 'cuda_rng' in resume:
         torch.cuda.set_rng_state(resume['cuda_rng'])
-    r.loss_sum += torch.tensor(resume['pending']['loss'], device=r.loss_sum.device)   # [loss, CE] (older: one number, both)
+    r.loss_sum += torch.tensor(resume['pending']['loss'], device=r.loss_sum.device)   # [loss, CE] (older: one number, the CE too)
     r.loss_steps, r.train_time = resume['pending']['steps'], resume['pending']['time']
