@@ -133,6 +133,18 @@ SEMANTIC = [
      "is_greedy true when any continuation token is the argmax"),
     ('infra/files.py', "        other = sorted(set(os.listdir(folder)) - set(may_replace))", "        other = []",
      "an export replaces a folder holding other files"),
+    ('train.py', "record['ce'] = r.loss_sum[1].item()", "record['ce'] = r.loss_sum[0].item()",
+     "a distillation run logs its objective as its cross-entropy"),
+    ('infra/checkpoint.py', "pending=dict(loss=r.loss_sum.tolist(),", "pending=dict(loss=r.loss_sum[0].item(),",
+     "a checkpoint keeps the pending loss but not the pending cross-entropy"),
+    ('scans.py', "100, distilled=bool(cfg['distill_alpha']))", "100)",
+     "scans.py reads a distillation arm's objective as its training cross-entropy"),
+    ('compare.py', "opts['last_steps'], bool(cfg['distill_alpha']))", "opts['last_steps'])",
+     "compare.py's paper's measure of a distillation run is its objective"),
+    ('eval.py', "        if name not in text:\n            continue\n", "",
+     "a broken task YAML is blamed for a task it does not name"),
+    ('scans.py', "ax.set_ylim(min(lo, 0) * 1.3 - 0.005, max(hi, 0) * 1.3 + 0.005)", "ax.set_ylim(lo, hi)",
+     "the recipes figure's y-range without margins (bars at its edge)"),
 ]
 
 
