@@ -41,6 +41,7 @@ import data.shakespeare.prepare as bpe_prep
 import data.shakespeare_char.prepare as char_prep
 import export
 import gpt
+import mutate
 import pc
 import sample
 import scans
@@ -3097,6 +3098,12 @@ def test_scans_verdict_is_two_standard_errors():
     cell = dict(seeds=[dict(seed=1, v=1.0), dict(seed=2, v=3.0), dict(seed=9, v=0.0)])
     other = dict(seeds=[dict(seed=2, v=1.5), dict(seed=1, v=2.5)])
     assert scans.paired(cell, other, 'v') == [-1.5, 1.5]
+
+
+def test_semantic_faults_match_the_code():
+    """Every hand-written fault of mutate.SEMANTIC still names code that occurs exactly once (a stale
+    one would stop `mutate.py --semantic=True` with an error line)."""
+    assert len(mutate.semantic_candidates()) == len(mutate.SEMANTIC)
 
 
 def test_scans_recipes_figure_holds_every_bar(tmp_path, monkeypatch):
