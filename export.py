@@ -21,7 +21,6 @@ AutoModelForCausalLM (trust_remote_code=True where the folder carries code) and 
 difference of its logits from gpt.py's on 4 random sequences of block_size tokens, and whether its
 greedy generate() gives gpt.py's tokens.
 """
-import importlib.util
 import sys
 
 import torch
@@ -40,8 +39,11 @@ def main(argv):
         raise SystemExit("error: give SOURCE and OUT_DIR: python export.py SOURCE OUT_DIR [--check] (SOURCE: "
                          "a checkpoint .pt, a model folder, or gpt2 / gpt2-medium / gpt2-large / gpt2-xl)")
     src, out_dir = argv
-    if check and importlib.util.find_spec('transformers') is None:   # before anything is written
-        raise SystemExit("error: --check needs transformers: pip install -r requirements-test.txt")
+    if check:   # before anything is written
+        try:
+            import transformers  # noqa: F401  (check_in_transformers uses it)
+        except ImportError as e:
+            raise SystemExit(f"error: --check needs transformers ({e}): pip install -r requirements-test.txt")
     model, info = checkpoint.load_base(src)
     model.save_pretrained(out_dir, tokenizer=info['tokenizer'])
     cfg = model.config
@@ -63,11 +65,7 @@ def main(argv):
 @torch.no_grad()
 def check_in_transformers(model, folder, n=4, new_tokens=20):
     """One line: transformers' logits against gpt.py's on n random sequences, and greedy tokens."""
-    try:
-        import transformers
-    except ImportError as e:   # installed (find_spec saw it) but broken
-        raise SystemExit(f"error: --check: transformers does not import ({e}); "
-                         f"pip install -r requirements-test.txt")
+    import transformers   # (main has checked that it imports)
     transformers.logging.set_verbosity_error()
     cfg = model.config
     theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=not hf.hf_compatible(cfg))
