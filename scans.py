@@ -16,19 +16,25 @@ when the mean difference exceeds twice its standard error; the figure draws ever
 
 Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one folder per settings under
 out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
-sittings. The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
+sittings. Every finished arm run's result is also kept in docs/scan_runs.json (committed): a fresh
+clone, or a machine without out/, takes a run from there instead of training it again, when its
+settings and its base's checkpoint are the same (the table says on which machines its runs trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
 config/compare_shakespeare_char.py, not swept again.
 """
+import hashlib
 import json
 import math
 import os
+import platform
 import statistics
 import sys
+
+import torch
 
 import compare
 import train
 from data.loader import meta
-from infra import settings
+from infra import files, settings
 
 # ---- scans.py's own settings ----
 claim = 'quality'             # quality | size | tokens | recipes
@@ -42,8 +48,9 @@ jobs = 2                      # training processes at once (one thread each)
 base_config = 'config/base_shakespeare_char.py'
 arm_config = 'config/compare_shakespeare_char.py'
 out_dir = 'out/scans'
+ledger = 'docs/scan_runs.json'   # finished arm runs' results, kept in the repository ('' = neither read nor written)
 OWN = dict(claim=claim, bases=bases, budgets=budgets, arms=arms, levels=levels, seeds=seeds, kd_alpha=kd_alpha,
-           jobs=jobs, base_config=base_config, arm_config=arm_config, out_dir=out_dir)
+           jobs=jobs, base_config=base_config, arm_config=arm_config, out_dir=out_dir, ledger=ledger)
 
 # The bases: base_config with these settings. The default (e96_tpp40) sees 14.2M tokens, 3.1 passes
 # over the 4.6M training characters; e48 is the same recipe at half every width (a quarter of the
@@ -137,8 +144,56 @@ def prior_rate(opts, level, arm):
 def result(cfg, summary):
     return dict(lr=cfg['learning_rate'], seed=cfg['seed'], val_loss=summary['val_loss'], tokens=summary['tokens'],
                 train_loss=compare.last_steps_loss(cfg['out_dir'], 100, distilled=bool(cfg['distill_alpha'])),
-                out_dir=cfg['out_dir'],
+                out_dir=cfg['out_dir'], train_seconds=train_seconds(cfg['out_dir']), machine=this_machine(),
                 params=summary['params'], trainable_params=summary['trainable_params'])
+
+
+# ---- the ledger: each finished arm run's result, by run name, so that a scan grows across machines
+
+def this_machine():
+    """The processor and torch build a run trained on (PC at 90% moves with the machine, bit for bit)."""
+    cpu = ''
+    if os.path.isfile('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
+    return f"{cpu or platform.processor() or platform.machine()}; torch {torch.__version__}"
+
+
+def settings_sha256(cfg):
+    return hashlib.sha256(json.dumps(compare.settings_of(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def read_ledger(path):
+    if not path or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except ValueError as e:
+        raise SystemExit(f"error: {path} is not valid JSON ({e}); restore it with git checkout {path}, "
+                         f"or pass --ledger='' to ignore it")
+
+
+def from_ledger(entries, cfg):
+    """The ledger's result for cfg's run, when no finished folder holds it and the entry was made with
+    the same settings from a base checkpoint of the same contents; else None."""
+    e = entries.get(os.path.basename(cfg['out_dir']))
+    if (e is None or compare.finished(cfg) or e['settings_sha256'] != settings_sha256(cfg)
+            or e['base_sha256'] != compare.base_sha256(cfg['base_ckpt'])):
+        return None
+    return {k: v for k, v in e.items() if k not in ('settings_sha256', 'base_sha256')} | dict(out_dir=cfg['out_dir'])
+
+
+def record(path, entries, cfgs, results):
+    """Adds the runs' results to the ledger (written whole, atomically; a run whose training CE was
+    not logged is left out, so that its table cell keeps saying how to rerun it)."""
+    if not path:
+        return
+    for cfg, r in zip(cfgs, results):
+        if r['train_loss'] is not None:
+            entries[os.path.basename(cfg['out_dir'])] = {k: v for k, v in r.items() if k != 'out_dir'} | dict(
+                settings_sha256=settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
+    files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')
 
 
 def run_cells(opts, cells, seeds_):
@@ -146,13 +201,20 @@ def run_cells(opts, cells, seeds_):
     seed (widening where the best is at an edge), phase 2 runs the other seeds at the chosen rate.
     Each phase trains all its runs together (compare.run_all, --jobs at once)."""
     tried = {id(c): {} for c in cells}
+    entries = read_ledger(opts['ledger'])
 
-    def runs_at(pairs):   # pairs: (cell, lr, seed) -> results, trained together
+    def runs_at(pairs):   # pairs: (cell, lr, seed) -> results, trained together (or found in the ledger)
         cfgs = [arm_run(opts, c['base_path'], c['base'], c['level'], c['iters'], c['arm'], lr, s) for c, lr, s in pairs]
         label = lambda c, cfg: (f"{c['arm']} at {c['level']:.0%} from {c['base']}, {c['iters']} steps, "
                                 f"lr {compare.rate_name(cfg['learning_rate'])}, seed {cfg['seed']}")
-        done = compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg in zip(pairs, cfgs)])
-        return [result(cfg, s) for cfg, s in zip(cfgs, done)]
+        kept = [from_ledger(entries, cfg) for cfg in cfgs]
+        if any(kept):
+            print(f"== {sum(map(bool, kept))} of {len(cfgs)} runs taken from {opts['ledger']}")
+        done = iter(compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg, k
+                                                   in zip(pairs, cfgs, kept) if k is None]))
+        results = [k or result(cfg, next(done)) for cfg, k in zip(cfgs, kept)]
+        record(opts['ledger'], entries, cfgs, results)
+        return results
 
     first, want = seeds_[0], []
     for c in cells:
@@ -175,7 +237,7 @@ def run_cells(opts, cells, seeds_):
             break
     for c in cells:
         c['sweep'] = {r: tried[id(c)][r]['val_loss'] for r in c['rates_tried']}
-        c['sweep_dirs'] = [tried[id(c)][r]['out_dir'] for r in c['rates_tried']]
+        c['sweep_runs'] = [tried[id(c)][r] for r in c['rates_tried']]
     rest = [(c, c['lr'], s) for c in cells for s in seeds_[1:]]
     for c in cells:
         c['seeds'] = [tried[id(c)][c['lr']]]
@@ -257,10 +319,15 @@ def tables(opts, cells, info):
             m, sd, se = spread(d)
             row += [f"{m:+.4f} ± {sd:.4f}", f"{se:.4f}", verdict(d, (c['arm'].upper(), 'HPR'))]
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
-    every = {r['out_dir'] for c in cells for r in c['seeds']} | {d for c in cells for d in c['sweep_dirs']}
-    hours = sum(train_seconds(d) for d in every | {d['out_dir'] for d in info.values()}) / 3600
+    every = {r['out_dir']: r for c in cells for r in c['seeds'] + c['sweep_runs']}
+    hours = (sum(r['train_seconds'] for r in every.values()) +
+             sum(train_seconds(d['out_dir']) for d in info.values())) / 3600
+    machines = {}
+    for r in every.values():
+        machines[r['machine']] = machines.get(r['machine'], 0) + 1
     lines += ['', f"Runs: {len(every)} arm runs and {len(info)} bases, {hours:.2f} hours of training steps "
-              f"(the sum of ms_per_iter x steps over their logs)."]
+              f"(the sum of ms_per_iter x steps over their logs). The arm runs trained on: " +
+              '; '.join(f"{m} ({n})" for m, n in sorted(machines.items())) + '.']
     swept = [c for c in cells if c['swept']]
     if swept:
         lines += ['', f"**The sweeps** (held-out val loss on seed {cells[0]['seeds'][0]['seed']}; best in bold)", '',

@@ -3030,7 +3030,8 @@ def tiny_scan(tmp_path, monkeypatch, arms=('hpr', 'pc')):
     monkeypatch.setattr(scans, 'CLAIMS', dict(size=spec, quality=spec))
     monkeypatch.setattr(scans, 'MAX_WIDEN', 1)
     return [f'--base_config={tmp_path / "base.py"}', f'--arm_config={tmp_path / "arms.py"}',
-            f'--out_dir={tmp_path / "scans"}', '--claim=size', '--levels=0.5', '--jobs=1']
+            f'--out_dir={tmp_path / "scans"}', '--claim=size', '--levels=0.5', '--jobs=1',
+            f'--ledger={tmp_path / "ledger.json"}']
 
 
 def run_summaries(folder):
@@ -3078,6 +3079,40 @@ def test_scans_sweep_seeds_and_tables(tmp_path, monkeypatch):
     assert scans.main([a for a in args if a != '--claim=size'] + ['--claim=quality']) == cells   # the same runs, trained once
     assert len(run_summaries(tmp_path / 'scans')) == n
     assert (tmp_path / 'scans' / 'quality.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
+    """docs/scan_runs.json's promise: a machine without out/ takes each finished run from the ledger
+    (same cells, same table, nothing trained), the entries hold what the runs' own summary.json and
+    logs said, and an entry whose settings or base differ is not taken: that run trains again."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5,6', '--bases=a']
+    cells = scans.main(args)
+    runs = {os.path.basename(r['out_dir']): r for r in run_summaries(tmp_path / 'scans')}
+    entries = json.loads((tmp_path / 'ledger.json').read_text())
+    assert sorted(entries) == sorted(runs)
+    for name, r in runs.items():
+        e = entries[name]
+        assert (e['val_loss'], e['seed'], e['lr']) == (r['val_loss'], r['config']['seed'], r['config']['learning_rate'])
+        assert e['train_loss'] == pytest.approx(np.mean([x['loss'] for x in compare.records(r['out_dir'], 'train')]))
+        assert e['base_sha256'] == r['base_sha256']
+    md = (tmp_path / 'scans' / 'size.md').read_text()
+    shutil.rmtree(tmp_path / 'scans' / 'runs')            # out/ lost: a fresh clone with the ledger
+    assert scans.main(args) == cells
+    assert not os.path.isdir(tmp_path / 'scans' / 'runs') or not run_summaries(tmp_path / 'scans')   # nothing trained
+    assert (tmp_path / 'scans' / 'size.md').read_text() == md
+    assert json.loads((tmp_path / 'ledger.json').read_text()) == entries
+    # an entry made with other settings, or from another base, is not taken: that run trains again
+    pc = next(c for c in cells if c['arm'] == 'pc')['seeds'][1]
+    hpr = next(c for c in cells if c['arm'] == 'hpr')['seeds'][1]
+    entries[os.path.basename(pc['out_dir'])]['settings_sha256'] = '0' * 64
+    entries[os.path.basename(hpr['out_dir'])]['base_sha256'] = '0' * 64
+    (tmp_path / 'ledger.json').write_text(json.dumps(entries))
+    val = lambda cs: [[r['val_loss'] for r in c['seeds']] for c in cs]
+    assert val(scans.main(args)) == val(cells)
+    assert sorted(r['out_dir'] for r in run_summaries(tmp_path / 'scans')) == sorted([pc['out_dir'], hpr['out_dir']])
+    (tmp_path / 'ledger.json').write_text('{"half')
+    with pytest.raises(SystemExit, match='ledger.json is not valid JSON'):
+        scans.main(args)
 
 
 def test_scans_verdict_is_two_standard_errors():
