@@ -323,9 +323,12 @@ def last_steps_loss(run_dir, n, distilled=False):
 
 def run_name(cfg, level, base_label, iters, arm):
     """A readable prefix and a hash of every setting: another option, another folder."""
-    h = hashlib.sha256(json.dumps(settings_of(cfg), sort_keys=True).encode()).hexdigest()[:8]
     return (f"c{round(level * 100)}_{base_label}_{iters}_{arm}_{cfg['importance']}_"
-            f"lr{rate_name(cfg['learning_rate'])}_{h}")
+            f"lr{rate_name(cfg['learning_rate'])}_{settings_sha256(cfg)[:8]}")
+
+
+def settings_sha256(cfg):
+    return hashlib.sha256(json.dumps(settings_of(cfg), sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------

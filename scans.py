@@ -18,11 +18,12 @@ Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one fol
 out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
 sittings. Every finished arm run's result is also kept in docs/scan_runs.json (committed): a fresh
 clone, or a machine without out/, takes a run from there instead of training it again, when its
-settings and its base's checkpoint are the same (the table says on which machines its runs trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
+settings and its base's checkpoint are the same (the table says on which machines its runs
+trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
 config/compare_shakespeare_char.py, not swept again.
 """
-import hashlib
 import json
+import collections
 import math
 import os
 import platform
@@ -159,10 +160,6 @@ def this_machine():
     return f"{cpu or platform.processor() or platform.machine()}; torch {torch.__version__}"
 
 
-def settings_sha256(cfg):
-    return hashlib.sha256(json.dumps(compare.settings_of(cfg), sort_keys=True).encode()).hexdigest()
-
-
 def read_ledger(path):
     if not path or not os.path.isfile(path):
         return {}
@@ -178,7 +175,7 @@ def from_ledger(entries, cfg):
     """The ledger's result for cfg's run, when no finished folder holds it and the entry was made with
     the same settings from a base checkpoint of the same contents; else None."""
     e = entries.get(os.path.basename(cfg['out_dir']))
-    if (e is None or compare.finished(cfg) or e['settings_sha256'] != settings_sha256(cfg)
+    if (e is None or compare.finished(cfg) or e['settings_sha256'] != compare.settings_sha256(cfg)
             or e['base_sha256'] != compare.base_sha256(cfg['base_ckpt'])):
         return None
     return {k: v for k, v in e.items() if k not in ('settings_sha256', 'base_sha256')} | dict(out_dir=cfg['out_dir'])
@@ -192,7 +189,7 @@ def record(path, entries, cfgs, results):
     for cfg, r in zip(cfgs, results):
         if r['train_loss'] is not None:
             entries[os.path.basename(cfg['out_dir'])] = {k: v for k, v in r.items() if k != 'out_dir'} | dict(
-                settings_sha256=settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
+                settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
     files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')
 
 
@@ -322,9 +319,7 @@ def tables(opts, cells, info):
     every = {r['out_dir']: r for c in cells for r in c['seeds'] + c['sweep_runs']}
     hours = (sum(r['train_seconds'] for r in every.values()) +
              sum(train_seconds(d['out_dir']) for d in info.values())) / 3600
-    machines = {}
-    for r in every.values():
-        machines[r['machine']] = machines.get(r['machine'], 0) + 1
+    machines = collections.Counter(r['machine'] for r in every.values())
     lines += ['', f"Runs: {len(every)} arm runs and {len(info)} bases, {hours:.2f} hours of training steps "
               f"(the sum of ms_per_iter x steps over their logs). The arm runs trained on: " +
               '; '.join(f"{m} ({n})" for m, n in sorted(machines.items())) + '.']

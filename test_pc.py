@@ -3096,6 +3096,7 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
         assert e['train_loss'] == pytest.approx(np.mean([x['loss'] for x in compare.records(r['out_dir'], 'train')]))
         assert e['base_sha256'] == r['base_sha256']
     md = (tmp_path / 'scans' / 'size.md').read_text()
+    assert f"The arm runs trained on: {scans.this_machine()} ({len(runs)})." in md   # every run, counted once
     shutil.rmtree(tmp_path / 'scans' / 'runs')            # out/ lost: a fresh clone with the ledger
     assert scans.main(args) == cells
     assert not os.path.isdir(tmp_path / 'scans' / 'runs') or not run_summaries(tmp_path / 'scans')   # nothing trained
