@@ -171,12 +171,27 @@ def settings_of(cfg):
     return {k: v for k, v in cfg.items() if k not in ('out_dir', 'init_from')}
 
 
-def ckpt_iter(path):
-    """The iteration a checkpoint was saved at (memory-mapped: a big base is not read whole)."""
+def peek(path):
+    """A checkpoint's contents, memory-mapped (a big base is not read whole); {} if unreadable."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True, mmap=True).get('iter')
+        return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception:
-        return None
+        return {}
+
+
+def ckpt_iter(path):
+    """The iteration a checkpoint was saved at."""
+    return peek(path).get('iter')
+
+
+def resumable(cfg):
+    """A run stopped part way (a kill, a lost sitting) continues from its ckpt.pt, exactly, when that
+    is a training checkpoint of these settings and, for an arm run, from the same base; else it
+    starts again (train.py would refuse the resume)."""
+    ck = peek(os.path.join(cfg['out_dir'], 'ckpt.pt'))
+    same = lambda c: {k: v for k, v in c.items() if k not in checkpoint.RESUME_MAY_CHANGE}   # train.py's rule
+    return ('iter' in ck and 'loader' in ck and same(ck.get('config', {})) == same(cfg)
+            and (cfg['arm'] == 'base' or ck.get('base_sha256') == base_sha256(cfg['base_ckpt'])))
 
 
 def finished(cfg):
@@ -258,7 +273,7 @@ def train_in_child(cfg):
         json.dump(cfg, f)
     env = {**os.environ, 'OMP_NUM_THREADS': '1',
            'PYTHONPATH': HERE + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    with open(log_path, 'w') as log:
+    with open(log_path, 'a' if cfg['init_from'] == 'resume' else 'w') as log:   # a resume adds to the log
         rc = subprocess.run([sys.executable, '-c', 'import json, sys, train; '
                              'train.train(json.load(open(sys.argv[1])))', cfg_path],
                             stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -269,8 +284,10 @@ def train_in_child(cfg):
         raise SystemExit(f"error: the run in {cfg['out_dir']} failed: {why} (its log: {log_path})")
 
 
-def run_all(jobs_, items):
-    """items: (label, cfg). Reuses finished runs, trains the others; returns their summaries."""
+def run_all(jobs_, items, when_done=None):
+    """items: (label, cfg). Reuses finished runs, trains the others; returns their summaries.
+    when_done(cfg, summary), if given, hears of each run as soon as it has trained (from a worker
+    thread when jobs_ > 1), so that a run that fails, or a kill, loses no other finished run."""
     todo = []
     for i, (label, cfg) in enumerate(items):
         if finished(cfg):
@@ -279,7 +296,7 @@ def run_all(jobs_, items):
             todo.append((i, label, cfg))
     def one(job):
         i, label, cfg = job
-        resume = cfg['arm'] == 'base' and os.path.isfile(os.path.join(cfg['out_dir'], 'ckpt.pt'))
+        resume = resumable(cfg)
         cfg = {**cfg, 'init_from': 'resume' if resume else 'scratch'}
         where = f" (log: {cfg['out_dir']}/train.log)" if jobs_ > 1 else ""
         print(f"== [{i + 1}/{len(items)}] {label}" + (" (resuming)" if resume else "") + where, flush=True)
@@ -287,6 +304,8 @@ def run_all(jobs_, items):
             train_in_child(cfg)
         else:
             train.train(cfg)
+        if when_done:
+            when_done(items[i][1], finished(items[i][1]))
     if jobs_ > 1:
         with ThreadPoolExecutor(jobs_) as ex:
             list(ex.map(one, todo))

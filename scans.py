@@ -16,7 +16,7 @@ when the mean difference exceeds twice its standard error; the figure draws ever
 
 Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one folder per settings under
 out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
-sittings. Every finished arm run's result is also kept in docs/scan_runs.json (committed): a fresh
+sittings. Each arm run's result is also kept in docs/scan_runs.json (committed) as it ends: a fresh
 clone, or a machine without out/, takes a run from there instead of training it again, when its
 settings and its base's checkpoint are the same (the table says on which machines its runs
 trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
@@ -29,6 +29,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 
 import torch
 
@@ -184,13 +185,12 @@ def from_ledger(entries, cfg):
 def record(path, entries, cfgs, results):
     """Adds the runs' results to the ledger (written whole, atomically; a run whose training CE was
     not logged is left out, so that its table cell keeps saying how to rerun it)."""
-    if not path:
-        return
-    for cfg, r in zip(cfgs, results):
-        if r['train_loss'] is not None:
-            entries[os.path.basename(cfg['out_dir'])] = {k: v for k, v in r.items() if k != 'out_dir'} | dict(
-                settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
-    files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')
+    new = {os.path.basename(cfg['out_dir']): {k: v for k, v in r.items() if k != 'out_dir'} | dict(
+               settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
+           for cfg, r in zip(cfgs, results) if r['train_loss'] is not None}
+    if path and any(entries.get(k) != v for k, v in new.items()):
+        entries.update(new)
+        files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')
 
 
 def run_cells(opts, cells, seeds_):
@@ -199,6 +199,11 @@ def run_cells(opts, cells, seeds_):
     Each phase trains all its runs together (compare.run_all, --jobs at once)."""
     tried = {id(c): {} for c in cells}
     entries = read_ledger(opts['ledger'])
+    lock = threading.Lock()
+
+    def keep(cfg, summary):   # into the ledger as each run ends: a kill loses only the runs in training
+        with lock:
+            record(opts['ledger'], entries, [cfg], [result(cfg, summary)])
 
     def runs_at(pairs):   # pairs: (cell, lr, seed) -> results, trained together (or found in the ledger)
         cfgs = [arm_run(opts, c['base_path'], c['base'], c['level'], c['iters'], c['arm'], lr, s) for c, lr, s in pairs]
@@ -208,9 +213,9 @@ def run_cells(opts, cells, seeds_):
         if any(kept):
             print(f"== {sum(map(bool, kept))} of {len(cfgs)} runs taken from {opts['ledger']}")
         done = iter(compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg, k
-                                                   in zip(pairs, cfgs, kept) if k is None]))
+                                                   in zip(pairs, cfgs, kept) if k is None], keep))
         results = [k or result(cfg, next(done)) for cfg, k in zip(cfgs, kept)]
-        record(opts['ledger'], entries, cfgs, results)
+        record(opts['ledger'], entries, cfgs, results)   # the runs reused from their folders
         return results
 
     first, want = seeds_[0], []

@@ -2938,6 +2938,26 @@ def test_compare_from_a_given_base_in_child_processes(tmp_path, dataset, base_ru
                checkpoint.base_sha256(str(tmp_path / 'folder')) for r in folder)
 
 
+def test_compare_continues_a_stopped_run(tmp_path, dataset, base_run, monkeypatch, capsys):
+    """An arm run stopped part way (a kill, a lost sitting) is continued from its ckpt.pt, not begun
+    again, and ends where an uninterrupted run ends, bit for bit."""
+    common = [f'--base={base_run["ckpt"]}', f'--dataset={dataset}', '--block_size=16', '--batch_size=4',
+              '--eval_iters=2', '--log_interval=1', '--device=cpu', '--budgets=6', '--levels=0.5', '--eval_interval=2',
+              '--warmup_iters=1', '--last_steps=2']
+    whole = compare.main(common + [f'--out_dir={tmp_path / "whole"}'])
+    real, starts = train.train, []
+    monkeypatch.setattr(train, 'train', lambda cfg: (starts.append(cfg['init_from']), real({**cfg, 'stop_iter': 3})))
+    with pytest.raises(SystemExit, match='did not finish'):
+        compare.main(common + [f'--out_dir={tmp_path / "cut"}'])
+    monkeypatch.setattr(train, 'train', lambda cfg: (starts.append(cfg['init_from']), real(cfg)))
+    capsys.readouterr()
+    cut = compare.main(common + [f'--out_dir={tmp_path / "cut"}'])
+    assert starts == ['scratch', 'scratch', 'resume', 'resume']
+    assert capsys.readouterr().out.count('(resuming)') == 2
+    numbers = lambda race: sorted((r['arm'], r['val_loss'], r['train_loss']) for r in race)
+    assert numbers(cut) == numbers(whole)
+
+
 def test_compare_kept_sets(dataset, base_run):
     """With several importances, compare.md says how much of the first one's kept set each keeps."""
     cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)
@@ -3114,6 +3134,27 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     (tmp_path / 'ledger.json').write_text('{"half')
     with pytest.raises(SystemExit, match='ledger.json is not valid JSON'):
         scans.main(args)
+
+
+def test_scans_ledger_keeps_each_run_as_it_ends(tmp_path, monkeypatch):
+    """A run's entry is written when that run ends, not when its batch does: a run that fails (or a
+    kill) loses none of the runs that finished before it."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5', '--bases=a', '--arms=hpr']
+    real, trained = train.train, []
+
+    def third_fails(cfg):          # the base trains first, through train.train too
+        if cfg['arm'] != 'base' and len(trained) == 2:
+            raise SystemExit('error: stopped on purpose')
+        real(cfg)
+        if cfg['arm'] != 'base':
+            trained.append(cfg['out_dir'])
+    monkeypatch.setattr(train, 'train', third_fails)
+    with pytest.raises(SystemExit, match='stopped on purpose'):
+        scans.main(args)           # the sweep's batch: three rates, the third fails
+    entries = json.loads((tmp_path / 'ledger.json').read_text())
+    assert sorted(entries) == sorted(os.path.basename(d) for d in trained) and len(trained) == 2
+    for d in trained:
+        assert entries[os.path.basename(d)]['val_loss'] == json.loads(open(os.path.join(d, 'summary.json')).read())['val_loss']
 
 
 def test_scans_verdict_is_two_standard_errors():
