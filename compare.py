@@ -17,8 +17,11 @@ missing, trains PC and HPR for every level x base x budget x importance x learni
 compare.md (tables shaped like the paper's Table 1), compare.json and compare.png (and compare_lr.png
 for a sweep) into out_dir. With --eval_tasks, each raced run's final model (a PC run's merged.pt, an HPR
 run's ckpt.pt) and each base is also scored by lm-eval through eval.py, and compare.md gets a table
-of those scores (kept in each run's eval.json, and reused while the model and the tasks are the same). Finished runs are reused: a run counts as finished when its summary.json
-records exactly the asked settings and the ckpt.pt beside it is at the summary's last step.
+of those scores (kept in each run's eval.json, and reused while the model and the tasks are the same).
+Finished runs are reused: a run counts as finished when its summary.json records exactly the asked
+settings and the ckpt.pt beside it is at the summary's last step. A run stopped part way (a kill, a
+sitting that ended) continues from its ckpt.pt, exactly, when that checkpoint has the same settings
+(outside train.py's RESUME_MAY_CHANGE) and, for a PC or HPR run, the same base; else it starts again.
 
 Options: compare.py's own, below, as --key=value. Any other --key=value is a train.py setting for
 the arm runs (PC and HPR), e.g. --seed=2 or --decay_projections=True; --base.key=value is one for
