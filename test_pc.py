@@ -2958,6 +2958,27 @@ def test_compare_continues_a_stopped_run(tmp_path, dataset, base_run, monkeypatc
     assert numbers(cut) == numbers(whole)
 
 
+def test_compare_restarts_a_stopped_run_whose_base_changed(tmp_path, dataset, base_run, monkeypatch, capsys):
+    """A stopped arm run whose base has changed since is begun again, not continued on the new base."""
+    base = tmp_path / 'base.pt'
+    shutil.copy(base_run['ckpt'], base)
+    common = [f'--base={base}', f'--dataset={dataset}', '--block_size=16', '--batch_size=4', '--eval_iters=2',
+              '--log_interval=1', '--device=cpu', '--budgets=6', '--levels=0.5', '--eval_interval=2',
+              '--warmup_iters=1', f'--out_dir={tmp_path / "cut"}']
+    real, starts = train.train, []
+    monkeypatch.setattr(train, 'train', lambda cfg: (starts.append(cfg['init_from']), real({**cfg, 'stop_iter': 3})))
+    with pytest.raises(SystemExit, match='did not finish'):
+        compare.main(common)
+    ck = torch.load(base, weights_only=True)
+    name = next(k for k, v in ck['model'].items() if v.is_floating_point())
+    ck['model'][name] = ck['model'][name] + 0.01
+    files.save_checked({k: v for k, v in ck.items() if k != 'content_sha256'}, str(base))
+    monkeypatch.setattr(train, 'train', lambda cfg: (starts.append(cfg['init_from']), real(cfg)))
+    capsys.readouterr()
+    compare.main(common)
+    assert starts == ['scratch'] * 4 and '(resuming)' not in capsys.readouterr().out
+
+
 def test_compare_kept_sets(dataset, base_run):
     """With several importances, compare.md says how much of the first one's kept set each keeps."""
     cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)
