@@ -146,6 +146,14 @@ SEMANTIC = [
      "a broken task YAML is blamed for a task it does not name"),
     ('scans.py', "ax.set_ylim(min(lo, 0) * 1.3 - 0.005, max(hi, 0) * 1.3 + 0.005)", "ax.set_ylim(lo, hi)",
      "the recipes figure's y-range without margins (bars at its edge)"),
+    ('compare.py', "        resume = resumable(cfg)\n", "        resume = cfg['arm'] == 'base' and resumable(cfg)\n",
+     "a stopped arm run starts again from step 0 (only bases continue)"),
+    ('compare.py', "same = lambda c: {k: v for k, v in c.items() if k not in checkpoint.RESUME_MAY_CHANGE}",
+     "same = settings_of", "a stopped run continues only when even its may-change settings (stop_iter) are the same"),
+    ('compare.py', "and (cfg['arm'] == 'base' or ck.get('base_sha256') == base_sha256(cfg['base_ckpt'])))", ")",
+     "a stopped arm run is continued after its base changed"),
+    ('scans.py', "in zip(pairs, cfgs, kept) if k is None], keep))", "in zip(pairs, cfgs, kept) if k is None]))",
+     "the ledger is written only when a whole batch of runs has ended"),
 ]
 
 
