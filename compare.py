@@ -307,8 +307,9 @@ def run_all(jobs_, items, when_done=None):
             train_in_child(cfg)
         else:
             train.train(cfg)
-        if when_done:
-            when_done(items[i][1], finished(items[i][1]))
+        done = when_done and finished(items[i][1])
+        if done:   # (a run that stopped short is reported below, with the others)
+            when_done(items[i][1], done)
     if jobs_ > 1:
         with ThreadPoolExecutor(jobs_) as ex:
             list(ex.map(one, todo))

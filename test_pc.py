@@ -3179,6 +3179,17 @@ def test_scans_ledger_keeps_each_run_as_it_ends(tmp_path, monkeypatch):
         assert entries[os.path.basename(d)]['val_loss'] == json.loads(open(os.path.join(d, 'summary.json')).read())['val_loss']
 
 
+def test_scans_run_that_stops_short_is_one_line(tmp_path, monkeypatch):
+    """An arm run that ends before its last step (a stop_iter) gives the one 'did not finish' line,
+    and the ledger takes nothing for it."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5', '--bases=a', '--arms=hpr']
+    real = train.train
+    monkeypatch.setattr(train, 'train', lambda cfg: real(cfg if cfg['arm'] == 'base' else {**cfg, 'stop_iter': 1}))
+    with pytest.raises(SystemExit, match='did not finish'):
+        scans.main(args)
+    assert not (tmp_path / 'ledger.json').exists()
+
+
 def test_scans_verdict_is_two_standard_errors():
     """A lead only when the mean paired difference is beyond twice its standard error."""
     assert scans.verdict([-0.030, -0.025, -0.040]) == 'PC leads'
