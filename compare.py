@@ -20,8 +20,9 @@ run's ckpt.pt) and each base is also scored by lm-eval through eval.py, and comp
 of those scores (kept in each run's eval.json, and reused while the model and the tasks are the same).
 Finished runs are reused: a run counts as finished when its summary.json records exactly the asked
 settings and the ckpt.pt beside it is at the summary's last step. A run stopped part way (a kill, a
-sitting that ended) continues from its ckpt.pt, exactly, when that checkpoint has the same settings
-(outside train.py's RESUME_MAY_CHANGE) and, for a PC or HPR run, the same base; else it starts again.
+sitting that ended) continues from its ckpt.pt, exactly, when train.py would take that checkpoint as
+its resume (checkpoint.resume_refusal: the same settings outside RESUME_MAY_CHANGE, the same PC dtype)
+and, for a PC or HPR run, the base is the same; else it starts again.
 
 Options: compare.py's own, below, as --key=value. Any other --key=value is a train.py setting for
 the arm runs (PC and HPR), e.g. --seed=2 or --decay_projections=True; --base.key=value is one for
@@ -188,12 +189,13 @@ def ckpt_iter(path):
 
 
 def resumable(cfg):
-    """A run stopped part way (a kill, a lost sitting) continues from its ckpt.pt, exactly, when that
-    is a training checkpoint of these settings and, for an arm run, from the same base; else it
-    starts again (train.py would refuse the resume)."""
-    ck = peek(os.path.join(cfg['out_dir'], 'ckpt.pt'))
-    same = lambda c: {k: v for k, v in c.items() if k not in checkpoint.RESUME_MAY_CHANGE}   # train.py's rule
-    return ('iter' in ck and 'loader' in ck and same(ck.get('config', {})) == same(cfg)
+    """A run stopped part way (a kill, a lost sitting) continues from its ckpt.pt, exactly, when train.py
+    would accept that checkpoint as its resume and, for an arm run, the base is the same; else it
+    starts again (where train.py would refuse the resume with an error)."""
+    path = os.path.join(cfg['out_dir'], 'ckpt.pt')
+    ck = peek(path)
+    dtype = settings.resolve_proj_dtype(cfg['proj_dtype'], settings.resolve_device(cfg['device']))
+    return (bool(ck) and checkpoint.resume_refusal(ck, cfg, dtype, path) is None   # train.py's own rule
             and (cfg['arm'] == 'base' or ck.get('base_sha256') == base_sha256(cfg['base_ckpt'])))
 
 

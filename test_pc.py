@@ -2980,6 +2980,26 @@ def test_compare_restarts_a_stopped_run_whose_base_changed(tmp_path, dataset, ba
     assert starts == ['scratch'] * 4 and '(resuming)' not in capsys.readouterr().out
 
 
+def test_compare_resumable_is_train_rule(tmp_path, dataset, base_run):
+    """compare continues a stopped run exactly when train.py would accept the resume: another
+    resolved proj_dtype (a PC folder carried to a GPU, say) starts it again; a setting the checkpoint
+    records but train.py no longer has does not."""
+    out = tmp_path / 'pc'
+    cfg = make_cfg(dataset, out, **arm_overrides('pc', base_run))
+    train_job({**cfg, 'stop_iter': 3})
+    assert compare.resumable(cfg)
+    path = str(out / 'ckpt.pt')
+    ck = torch.load(path, weights_only=True)
+    assert ck['proj_dtype'] == 'float32'
+    resave = lambda c: files.save_checked({k: v for k, v in c.items() if k != 'content_sha256'}, path)
+    resave({**ck, 'config': {**ck['config'], 'a_removed_setting': 1}})
+    assert compare.resumable(cfg)
+    resave({**ck, 'proj_dtype': 'bfloat16'})
+    assert not compare.resumable(cfg)
+    resave({**ck, 'config': {**ck['config'], 'learning_rate': 1.0}})
+    assert not compare.resumable(cfg)
+
+
 def test_compare_kept_sets(dataset, base_run):
     """With several importances, compare.md says how much of the first one's kept set each keeps."""
     cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)

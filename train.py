@@ -366,7 +366,7 @@ def setup(cfg):
     if r.device_type == 'cuda':   # as nanoGPT: float32 matmuls (W_c with proj_dtype=float32) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    r.proj_dtype = c.proj_dtype if c.proj_dtype != 'auto' else 'bfloat16' if r.device_type == 'cuda' else 'float32'
+    r.proj_dtype = settings.resolve_proj_dtype(c.proj_dtype, dev)
     if r.master:
         files.check_writable(c.out_dir)
     torch.manual_seed(c.seed)

@@ -278,25 +278,34 @@ RESUME_MAY_CHANGE = ('out_dir', 'init_from', 'stop_iter', 'eval_interval', 'log_
                      'device', 'compile', 'peak_flops', 'base_ckpt')   # (the base's sha256 is checked)
 
 
-def check_resume(r, resume):
-    """A resume continues the same run: same arm and every setting that shapes what it computes."""
-    c, cfg = r.c, r.cfg
+def resume_refusal(resume, cfg, proj_dtype, path):
+    """Why the checkpoint `resume` (read from path) cannot continue a run of the settings cfg, as an
+    error line; None when it can: same arm and every setting that shapes what it computes. train.py
+    refuses such a resume; compare.py starts such a run again instead."""
     if 'iter' not in resume or 'loader' not in resume or 'config' not in resume:   # merged.pt, an export
-        raise SystemExit(f"error: {r.ckpt_path} is a finished model, not a training checkpoint: nothing to "
-                         f"resume; use it as base_ckpt=, or sample from it")
-    if resume['config']['arm'] != c.arm:
-        raise SystemExit(f"error: {r.ckpt_path} is an arm={resume['config']['arm']} run; "
-                         f"resume it with --arm={resume['config']['arm']}")
+        return (f"error: {path} is a finished model, not a training checkpoint: nothing to "
+                f"resume; use it as base_ckpt=, or sample from it")
+    if resume['config'].get('arm') != cfg['arm']:
+        return (f"error: {path} is an arm={resume['config'].get('arm')} run; "
+                f"resume it with --arm={resume['config'].get('arm')}")
     changed = [f"{k}={cfg[k]!r} (checkpoint: {resume['config'].get(k)!r})" for k in cfg
                if k not in RESUME_MAY_CHANGE and resume['config'].get(k) != cfg[k]]
-    if c.arm == 'pc' and resume.get('proj_dtype') != r.proj_dtype:
-        changed.append(f"proj_dtype={r.proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
+    if cfg['arm'] == 'pc' and resume.get('proj_dtype') != proj_dtype:
+        changed.append(f"proj_dtype={proj_dtype!r} (checkpoint: {resume.get('proj_dtype')!r})")
     if changed:
-        raise SystemExit(f"error: {r.ckpt_path} was trained with other settings: "
-                         f"{', '.join(changed)}; resume with the checkpoint's settings")
-    if c.distill_alpha and resume['pending']['steps'] and not isinstance(resume['pending']['loss'], list):
-        raise SystemExit(f"error: {r.ckpt_path} holds training losses not yet logged, from before train.py "
-                         f"logged a distillation run's CE; resume it with that train.py, or start the run again")
+        return (f"error: {path} was trained with other settings: "
+                f"{', '.join(changed)}; resume with the checkpoint's settings")
+    if cfg['distill_alpha'] and resume['pending']['steps'] and not isinstance(resume['pending']['loss'], list):
+        return (f"error: {path} holds training losses not yet logged, from before train.py "
+                f"logged a distillation run's CE; resume it with that train.py, or start the run again")
+    return None
+
+
+def check_resume(r, resume):
+    """A resume continues the same run (resume_refusal's rule), or stops with its line."""
+    why = resume_refusal(resume, r.cfg, r.proj_dtype, r.ckpt_path)
+    if why:
+        raise SystemExit(why)
 
 
 def check_finite(base, spec):

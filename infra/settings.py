@@ -125,6 +125,11 @@ def resolve_device(dev):
     return ('cuda' if torch.cuda.is_available() else 'cpu') if dev == 'auto' else dev
 
 
+def resolve_proj_dtype(proj_dtype, dev):
+    """PC's frozen-base and projection dtype on the resolved device dev: 'auto' is bf16 on CUDA, fp32 on CPU."""
+    return proj_dtype if proj_dtype != 'auto' else 'bfloat16' if dev.startswith('cuda') else 'float32'
+
+
 def data_folder(dataset):
     """The data-folder rule: a name under data/ (shakespeare_char, c4, ...) or a path."""
     return dataset if os.sep in dataset else os.path.join(HERE, 'data', dataset)
