@@ -157,6 +157,8 @@ SEMANTIC = [
      "a stopped arm run is continued after its base changed"),
     ('scans.py', "in zip(pairs, cfgs, kept) if k is None], keep))", "in zip(pairs, cfgs, kept) if k is None]))",
      "the ledger is written only when a whole batch of runs has ended"),
+    ('compare.py', "with open(log_path, 'a' if cfg['init_from'] == 'resume' else 'w') as log:",
+     "with open(log_path, 'w') as log:", "a run continued in a child process truncates its train.log"),
 ]
 
 

@@ -3000,6 +3000,17 @@ def test_compare_resumable_is_train_rule(tmp_path, dataset, base_run):
     assert not compare.resumable(cfg)
 
 
+def test_compare_child_resume_adds_to_its_log(tmp_path, dataset, base_run):
+    """A run continued in a child process (--jobs > 1) appends to its train.log: the log keeps the
+    part before the stop."""
+    cfg = make_cfg(dataset, tmp_path / 'hpr', **arm_overrides('hpr', base_run), log_interval=1)
+    compare.train_in_child({**cfg, 'init_from': 'scratch', 'stop_iter': 3})
+    first = (tmp_path / 'hpr' / 'train.log').read_text()
+    compare.train_in_child({**cfg, 'init_from': 'resume'})
+    log = (tmp_path / 'hpr' / 'train.log').read_text()
+    assert 'iter 1:' in first and log.startswith(first) and f"iter {cfg['max_iters']}:" in log[len(first):]
+
+
 def test_compare_kept_sets(dataset, base_run):
     """With several importances, compare.md says how much of the first one's kept set each keeps."""
     cfg = make_cfg(dataset, 'unused', arm='pc', compression=0.5)
