@@ -3304,6 +3304,57 @@ def test_scans_recipes_arms(tmp_path, monkeypatch):
     assert [c['arm'] for c in cells] == ['hpr', 'scratch', 'hpr_kd']
 
 
+
+def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
+    """docs/experiments.md's promise for claim (3): its table is what `python scans.py --claim=tokens`
+    makes from the runs in docs/scan_runs.json, which a fresh clone takes from there without training
+    any. Each cell (each arm's mean ± sd @ rate, PC - HPR paired by seed with its SE, the verdicts on
+    both measures) is recomputed here from the seeds' results, and the README's figures with them."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    for name in ('config', 'data'):   # the repository's settings and data, an out/ of its own
+        os.symlink(os.path.join(root, name), tmp_path / name)
+    shutil.copy(os.path.join(root, 'docs', 'scan_runs.json'), tmp_path / 'ledger.json')   # never written to
+    monkeypatch.chdir(tmp_path)
+
+    def no_training(*a, **k):
+        raise AssertionError("a run of the docs' table is not in docs/scan_runs.json")
+    monkeypatch.setattr(train, 'train', no_training)
+    monkeypatch.setattr(compare, 'train_in_child', no_training)
+    cells = scans.main(['--claim=tokens', '--jobs=1', f'--ledger={tmp_path / "ledger.json"}'])
+    docs = open(os.path.join(root, 'docs', 'experiments.md')).read()
+    section = docs[docs.index('### Claim (3)'):]
+    rows = {tuple(r.split('|')[1:3]): [x.strip() for x in r.split('|')[1:-1]]
+            for r in section.splitlines() if re.match(r'\| (50|90)% \| [0-9,]+ \|', r)}
+    sd = lambda v: np.std(v, ddof=1)
+    rate = lambda c: f"2^{round(math.log2(c['lr']))}" + ('' if c['swept'] else ' (config)')
+    lead = lambda d: 'noise' if abs(np.mean(d)) <= 2 * sd(d) / math.sqrt(len(d)) else (
+        'PC leads' if np.mean(d) < 0 else 'HPR leads')
+    seen = set()
+    for c in cells:
+        if c['arm'] != 'pc':
+            continue
+        h = next(x for x in cells if (x['level'], x['iters'], x['arm']) == (c['level'], c['iters'], 'hpr'))
+        assert [r['seed'] for r in c['seeds']] == [r['seed'] for r in h['seeds']] == [1337, 2, 3]
+        row = rows[(f" {c['level']:.0%} ", f" {c['iters']:,} ")]
+        hv, pv = ([r['val_loss'] for r in x['seeds']] for x in (h, c))
+        assert row[3] == f"{np.mean(hv):.4f} ± {sd(hv):.4f} @ {rate(h)}", row
+        assert row[4] == f"{np.mean(pv):.4f} ± {sd(pv):.4f} @ {rate(c)}", row
+        for col, key in ((5, 'val_loss'), (7, 'train_loss')):
+            d = [p[key] - q[key] for p, q in zip(c['seeds'], h['seeds'])]
+            assert row[col] == f"{np.mean(d):+.4f} ± {sd(d):.4f} ({sd(d) / math.sqrt(3):.4f})", row
+            assert row[col + 1] == lead(d), row
+        seen.add((c['level'], c['iters']))
+    assert len(seen) == len(rows) == 10
+    # the README's claim (3): PC - HPR at 50%, 8.2M and 16.4M tokens, and the lead in standard errors
+    readme = open(os.path.join(root, 'README.md')).read()
+    item = readme[readme.index("3. *PC's lead grows with the retraining tokens*"):]
+    d = {c['iters']: [p['val_loss'] - q['val_loss'] for p, q in zip(c['seeds'], next(
+        x for x in cells if (x['level'], x['iters'], x['arm']) == (0.5, c['iters'], 'hpr'))['seeds'])]
+        for c in cells if c['arm'] == 'pc' and c['level'] == 0.5}
+    assert f"level to {np.mean(d[2000]):+.4f} at" in item.replace('\n   ', ' ')
+    assert f"**{np.mean(d[4000]):+.4f} ± {sd(d[4000]):.4f}** at 16.4M (PC ahead by " \
+           f"{abs(np.mean(d[4000])) / (sd(d[4000]) / math.sqrt(3)):.0f} standard errors)" in item.replace('\n   ', ' ')
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PAPER = os.path.join(ROOT, 'config', 'paper_c4.py')
 # the authors' widths (llm-random/nano configs/pc_project/llmr_{300,800}_{comp,prune}.yaml; 300M at
