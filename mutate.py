@@ -159,6 +159,12 @@ SEMANTIC = [
      "the ledger is written only when a whole batch of runs has ended"),
     ('compare.py', "with open(log_path, 'a' if cfg['init_from'] == 'resume' else 'w') as log:",
      "with open(log_path, 'w') as log:", "a run continued in a child process truncates its train.log"),
+    ('scans.py', "    return weights is not None and weights == base_weights_sha256(cfg['base_ckpt'])", "    return False",
+     "the ledger matches a base only by its file's bytes (a base trained again never matches)"),
+    ('scans.py', "            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')\n", "",
+     "the base's weights hash leaves out the weights"),
+    ('scans.py', "               base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))", "               )",
+     "the ledger does not record its runs' base weights hash"),
 ]
 
 

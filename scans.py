@@ -22,8 +22,9 @@ settings and its base's checkpoint are the same (the table says on which machine
 trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
 config/compare_shakespeare_char.py, not swept again.
 """
-import json
 import collections
+import hashlib
+import json
 import math
 import os
 import platform
@@ -172,21 +173,50 @@ def read_ledger(path):
                          f"or pass --ledger='' to ignore it")
 
 
+_weights_sha = {}
+
+
+def base_weights_sha256(path):
+    """A hash of what an arm starts from: the base checkpoint's model_args and weights. A base trained
+    again gives the same weights bit for bit (same machine, same threads) but not the same file: each
+    save carries its own id. None for a base that is no checkpoint file."""
+    if not os.path.isfile(path):
+        return None
+    if path not in _weights_sha:
+        ck = torch.load(path, map_location='cpu', weights_only=True)
+        h = hashlib.sha256(json.dumps(ck['model_args'], sort_keys=True).encode())
+        for name in sorted(ck['model']):
+            t = ck['model'][name].contiguous()
+            h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        _weights_sha[path] = h.hexdigest()
+    return _weights_sha[path]
+
+
+def same_base(e, cfg):
+    """The entry was made from this base: the same checkpoint file, or the same weights."""
+    if e['base_sha256'] == compare.base_sha256(cfg['base_ckpt']):
+        return True
+    weights = e.get('base_weights_sha256')
+    return weights is not None and weights == base_weights_sha256(cfg['base_ckpt'])
+
+
 def from_ledger(entries, cfg):
     """The ledger's result for cfg's run, when no finished folder holds it and the entry was made with
-    the same settings from a base checkpoint of the same contents; else None."""
+    the same settings from the same base (its checkpoint file, or its weights); else None."""
     e = entries.get(os.path.basename(cfg['out_dir']))
-    if (e is None or compare.finished(cfg) or e['settings_sha256'] != compare.settings_sha256(cfg)
-            or e['base_sha256'] != compare.base_sha256(cfg['base_ckpt'])):
+    if e is None or compare.finished(cfg) or e['settings_sha256'] != compare.settings_sha256(cfg) or not same_base(e, cfg):
         return None
-    return {k: v for k, v in e.items() if k not in ('settings_sha256', 'base_sha256')} | dict(out_dir=cfg['out_dir'])
+    return {k: v for k, v in e.items() if k not in ('settings_sha256', 'base_sha256', 'base_weights_sha256')} | dict(
+        out_dir=cfg['out_dir'])
 
 
 def record(path, entries, cfgs, results):
     """Adds the runs' results to the ledger (written whole, atomically; a run whose training CE was
     not logged is left out, so that its table cell keeps saying how to rerun it)."""
     new = {os.path.basename(cfg['out_dir']): {k: v for k, v in r.items() if k != 'out_dir'} | dict(
-               settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']))
+               settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']),
+               base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))
            for cfg, r in zip(cfgs, results) if r['train_loss'] is not None}
     if path and any(entries.get(k) != v for k, v in new.items()):
         entries.update(new)

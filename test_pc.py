@@ -3179,7 +3179,7 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     pc = next(c for c in cells if c['arm'] == 'pc')['seeds'][1]
     hpr = next(c for c in cells if c['arm'] == 'hpr')['seeds'][1]
     entries[os.path.basename(pc['out_dir'])]['settings_sha256'] = '0' * 64
-    entries[os.path.basename(hpr['out_dir'])]['base_sha256'] = '0' * 64
+    entries[os.path.basename(hpr['out_dir'])].update(base_sha256='0' * 64, base_weights_sha256='0' * 64)
     (tmp_path / 'ledger.json').write_text(json.dumps(entries))
     val = lambda cs: [[r['val_loss'] for r in c['seeds']] for c in cs]
     assert val(scans.main(args)) == val(cells)
@@ -3188,6 +3188,36 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match='ledger.json is not valid JSON'):
         scans.main(args)
 
+
+
+def test_scans_ledger_takes_runs_of_a_base_trained_again(tmp_path, monkeypatch):
+    """A machine without out/ trains the scans' bases again (only the default base ships): the new
+    checkpoint holds the same weights bit for bit but is another file (each save has its own id), and
+    the ledger's runs from that base are still taken, nothing trained; a base of other weights is not."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5,6', '--bases=b']
+    cells = scans.main(args)
+    base = cells[0]['base_path']
+    before = (checkpoint.base_sha256(base), scans.base_weights_sha256(base))
+    shutil.rmtree(tmp_path / 'scans' / 'runs')
+    shutil.rmtree(os.path.dirname(base))          # out/ lost: the base trains again
+    scans._weights_sha.clear()
+    assert scans.main(args) == cells
+    assert checkpoint.base_sha256(base) != before[0] and scans.base_weights_sha256(base) == before[1]
+    assert not run_summaries(tmp_path / 'scans')   # every arm run from the ledger
+    entries = json.loads((tmp_path / 'ledger.json').read_text())
+    for e in entries.values():                     # now of another base
+        e['base_weights_sha256'] = '0' * 64
+    (tmp_path / 'ledger.json').write_text(json.dumps(entries))
+    shutil.rmtree(os.path.dirname(base))
+    scans._weights_sha.clear()
+    scans.main(args)
+    assert len(run_summaries(tmp_path / 'scans')) == sum(len(c['seeds']) + len(c['sweep']) - 1 for c in cells)
+    ck = torch.load(base, weights_only=True)       # the hash is of the weights: one changed weight changes it
+    name = sorted(ck['model'])[-1]
+    ck['model'][name] = ck['model'][name].clone()
+    ck['model'][name].view(-1)[0] += 1.0
+    torch.save(ck, tmp_path / 'other.pt')
+    assert scans.base_weights_sha256(str(tmp_path / 'other.pt')) != scans.base_weights_sha256(base)
 
 def test_scans_ledger_keeps_each_run_as_it_ends(tmp_path, monkeypatch):
     """A run's entry is written when that run ends, not when its batch does: a run that fails (or a
@@ -3354,6 +3384,62 @@ def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
     assert f"level to {np.mean(d[2000]):+.4f} at" in item.replace('\n   ', ' ')
     assert f"**{np.mean(d[4000]):+.4f} ± {sd(d[4000]):.4f}** at 16.4M (PC ahead by " \
            f"{abs(np.mean(d[4000])) / (sd(d[4000]) / math.sqrt(3)):.0f} standard errors)" in item.replace('\n   ', ' ')
+
+
+def test_docs_claims_quality_and_size_tables_are_the_ledgers():
+    """docs/experiments.md's claims (1) and (2) tables are their runs in docs/scan_runs.json (their
+    bases do not ship, so this reads the ledger's entries directly rather than running scans.py):
+    each row's rate is the best its seed-1337 sweep tried ('(edge)' when that is the widest), and each
+    arm's mean ± sd and PC - HPR paired by seed, with its SE and verdict, are recomputed from the
+    entries at that rate; the README's standard-error counts for claim (1) with them."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    ledger = json.load(open(os.path.join(root, 'docs', 'scan_runs.json')))
+    docs = open(os.path.join(root, 'docs', 'experiments.md')).read()
+    sd = lambda v: np.std(v, ddof=1)
+    lead = lambda d: 'noise' if abs(np.mean(d)) <= 2 * sd(d) / math.sqrt(len(d)) else (
+        'PC leads' if np.mean(d) < 0 else 'HPR leads')
+    pair = lambda d: f"{np.mean(d):+.4f} ± {sd(d):.4f} ({sd(d) / math.sqrt(len(d)):.4f})"
+
+    def runs(base, level, arm):   # {lr: {seed: entry}} of this cell's 1,000-step runs
+        out = {}
+        for name, e in ledger.items():
+            if name.startswith(f"c{level}_{base}_1000_{arm}_magnitude_lr"):
+                out.setdefault(e['lr'], {})[e['seed']] = e
+        return out
+
+    def check(section, n_rows, arm_cells):
+        rows = [[x.strip() for x in r.split('|')[1:-1]] for r in section.splitlines() if re.match(r'\| e(48|96)_', r)]
+        assert len(rows) == n_rows
+        seen = {}
+        for row in rows:
+            base, level = row[0].replace(' (default)', ''), int(row[4].rstrip('%'))
+            at = {}
+            for arm, cell in zip(('hpr', 'pc'), arm_cells(row)):
+                cell_runs = runs(base, level, arm)
+                rate = re.search(r'2\^(-[0-9]+)', cell).group(1) if cell else None
+                sweep = {lr: r[1337]['val_loss'] for lr, r in cell_runs.items() if 1337 in r}
+                best = min(sweep, key=sweep.get)
+                if rate is not None:
+                    assert 2.0 ** int(rate) == best or '(config)' in cell, (row, sweep)
+                    assert ('(edge)' in cell) == ('(config)' not in cell and best in (min(sweep), max(sweep))), row
+                at[arm] = [cell_runs[best][s] for s in (1337, 2, 3)]
+                if cell:
+                    v = [e['val_loss'] for e in at[arm]]
+                    assert cell.startswith(f"{np.mean(v):.4f} ± {sd(v):.4f} @ "), row
+            for key, col in (('val_loss', -4), ('train_loss', -2)):
+                d = [p[key] - h[key] for p, h in zip(at['pc'], at['hpr'])]
+                assert row[col] == pair(d) and row[col + 1] == lead(d), row
+            d = [p['val_loss'] - h['val_loss'] for p, h in zip(at['pc'], at['hpr'])]
+            seen[(base, level)] = abs(np.mean(d)) / (sd(d) / math.sqrt(3))
+        return seen
+
+    quality = docs[docs.index('### Claim (1)'):docs.index('### Claim (2)')]
+    se = check(quality, 10, lambda row: row[5:7])
+    check(docs[docs.index('### Claim (2)'):docs.index('### The recipes')], 4, lambda row: ('', ''))
+    readme = open(os.path.join(root, 'README.md')).read()
+    item = readme[readme.index("1. *PC's lead grows"):readme.index("2. *PC's lead grows")].replace('\n   ', ' ')
+    assert f"(PC ahead by {se[('e48_t14m', 50)]:.1f} standard errors)" in item
+    assert f"(HPR ahead by {se[('e96_tpp160', 50)]:.1f} standard errors)" in item
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PAPER = os.path.join(ROOT, 'config', 'paper_c4.py')
