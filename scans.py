@@ -18,8 +18,8 @@ Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one fol
 out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
 sittings. Each arm run's result is also kept in docs/scan_runs.json (committed) as it ends: a fresh
 clone, or a machine without out/, takes a run from there instead of training it again, when its
-settings and its base's checkpoint are the same (the table says on which machines its runs
-trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
+settings are the same and its base is the same checkpoint file or holds the same weights (a base
+trained again: the table says on which machines its runs trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
 config/compare_shakespeare_char.py, not swept again.
 """
 import collections
