@@ -163,8 +163,10 @@ SEMANTIC = [
      "the ledger matches a base only by its file's bytes (a base trained again never matches)"),
     ('scans.py', "            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')\n", "",
      "the base's weights hash leaves out the weights"),
-    ('scans.py', "               base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))", "               )",
+    ('scans.py', "            base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))", "            )",
      "the ledger does not record its runs' base weights hash"),
+    ('scans.py', "        if name in entries and not same_base(entries[name], cfg):", "        if False:",
+     "the ledger overwrites an entry made from another base (a committed table's run)"),
 ]
 
 

@@ -213,11 +213,20 @@ def from_ledger(entries, cfg):
 
 def record(path, entries, cfgs, results):
     """Adds the runs' results to the ledger (written whole, atomically; a run whose training CE was
-    not logged is left out, so that its table cell keeps saying how to rerun it)."""
-    new = {os.path.basename(cfg['out_dir']): {k: v for k, v in r.items() if k != 'out_dir'} | dict(
-               settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']),
-               base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))
-           for cfg, r in zip(cfgs, results) if r['train_loss'] is not None}
+    not logged is left out, so that its table cell keeps saying how to rerun it). An entry made from
+    another base (a base trained again on another kind of machine: other weights) is kept, not
+    replaced: it is what a committed table was made from."""
+    new = {}
+    for cfg, r in zip(cfgs, results):
+        name = os.path.basename(cfg['out_dir'])
+        if r['train_loss'] is None:
+            continue
+        if name in entries and not same_base(entries[name], cfg):
+            print(f"== {name}: not written to {path}, whose entry for it is from another base (kept)")
+            continue
+        new[name] = {k: v for k, v in r.items() if k != 'out_dir'} | dict(
+            settings_sha256=compare.settings_sha256(cfg), base_sha256=compare.base_sha256(cfg['base_ckpt']),
+            base_weights_sha256=base_weights_sha256(cfg['base_ckpt']))
     if path and any(entries.get(k) != v for k, v in new.items()):
         entries.update(new)
         files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')

@@ -3157,7 +3157,8 @@ def test_scans_sweep_seeds_and_tables(tmp_path, monkeypatch):
 def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     """docs/scan_runs.json's promise: a machine without out/ takes each finished run from the ledger
     (same cells, same table, nothing trained), the entries hold what the runs' own summary.json and
-    logs said, and an entry whose settings or base differ is not taken: that run trains again."""
+    logs said, and an entry whose settings or base differ is not taken: that run trains again (and an
+    entry from another base is not overwritten by it)."""
     args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5,6', '--bases=a']
     cells = scans.main(args)
     runs = {os.path.basename(r['out_dir']): r for r in run_summaries(tmp_path / 'scans')}
@@ -3184,6 +3185,12 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     val = lambda cs: [[r['val_loss'] for r in c['seeds']] for c in cs]
     assert val(scans.main(args)) == val(cells)
     assert sorted(r['out_dir'] for r in run_summaries(tmp_path / 'scans')) == sorted([pc['out_dir'], hpr['out_dir']])
+    # the entry from another base stays (a committed table's run), the one of other settings is replaced
+    after = json.loads((tmp_path / 'ledger.json').read_text())
+    assert after[os.path.basename(hpr['out_dir'])] == entries[os.path.basename(hpr['out_dir'])]
+    assert after[os.path.basename(pc['out_dir'])]['settings_sha256'] != '0' * 64
+    assert {k: v for k, v in after.items() if k != os.path.basename(pc['out_dir'])} == \
+        {k: v for k, v in entries.items() if k != os.path.basename(pc['out_dir'])}
     (tmp_path / 'ledger.json').write_text('{"half')
     with pytest.raises(SystemExit, match='ledger.json is not valid JSON'):
         scans.main(args)
@@ -3335,13 +3342,11 @@ def test_scans_recipes_arms(tmp_path, monkeypatch):
 
 
 
-def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
-    """docs/experiments.md's promise for claim (3): its table is what `python scans.py --claim=tokens`
-    makes from the runs in docs/scan_runs.json, which a fresh clone takes from there without training
-    any. Each cell (each arm's mean ± sd @ rate, PC - HPR paired by seed with its SE, the verdicts on
-    both measures) is recomputed here from the seeds' results, and the README's figures with them."""
+def scan_from_ledger(tmp_path, monkeypatch, *args):
+    """scans.main(args) in tmp_path (the repository's config/ and data/, an out/ of its own) on a
+    copy of docs/scan_runs.json; any run it would have to train fails the test."""
     root = os.path.dirname(os.path.abspath(__file__))
-    for name in ('config', 'data'):   # the repository's settings and data, an out/ of its own
+    for name in ('config', 'data'):
         os.symlink(os.path.join(root, name), tmp_path / name)
     shutil.copy(os.path.join(root, 'docs', 'scan_runs.json'), tmp_path / 'ledger.json')   # never written to
     monkeypatch.chdir(tmp_path)
@@ -3350,7 +3355,16 @@ def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
         raise AssertionError("a run of the docs' table is not in docs/scan_runs.json")
     monkeypatch.setattr(train, 'train', no_training)
     monkeypatch.setattr(compare, 'train_in_child', no_training)
-    cells = scans.main(['--claim=tokens', '--jobs=1', f'--ledger={tmp_path / "ledger.json"}'])
+    return scans.main(list(args) + ['--jobs=1', f'--ledger={tmp_path / "ledger.json"}'])
+
+
+def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
+    """docs/experiments.md's promise for claim (3): its table is what `python scans.py --claim=tokens`
+    makes from the runs in docs/scan_runs.json, which a fresh clone takes from there without training
+    any. Each cell (each arm's mean ± sd @ rate, PC - HPR paired by seed with its SE, the verdicts on
+    both measures) is recomputed here from the seeds' results, and the README's figures with them."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    cells = scan_from_ledger(tmp_path, monkeypatch, '--claim=tokens')
     docs = open(os.path.join(root, 'docs', 'experiments.md')).read()
     section = docs[docs.index('### Claim (3)'):]
     rows = {tuple(r.split('|')[1:3]): [x.strip() for x in r.split('|')[1:-1]]
@@ -3440,6 +3454,7 @@ def test_docs_claims_quality_and_size_tables_are_the_ledgers():
     item = readme[readme.index("1. *PC's lead grows"):readme.index("2. *PC's lead grows")].replace('\n   ', ' ')
     assert f"(PC ahead by {se[('e48_t14m', 50)]:.1f} standard errors)" in item
     assert f"(HPR ahead by {se[('e96_tpp160', 50)]:.1f} standard errors)" in item
+
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PAPER = os.path.join(ROOT, 'config', 'paper_c4.py')
