@@ -167,6 +167,10 @@ SEMANTIC = [
      "the ledger does not record its runs' base weights hash"),
     ('scans.py', "        if name in entries and not same_base(entries[name], cfg):", "        if False:",
      "the ledger overwrites an entry made from another base (a committed table's run)"),
+    ('scans.py', "        if e.get('base_weights_sha256') != base_weights:\n            return None\n", "        pass\n",
+     "--from_ledger takes a run made from other base weights"),
+    ('scans.py', "        if n not in known:\n", "        if True:\n",
+     "a base trained again with other weights overwrites the description the ledger's runs are of"),
 ]
 
 

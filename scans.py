@@ -13,14 +13,18 @@ when the mean difference exceeds twice its standard error; the figure draws ever
     python scans.py --claim=tokens      # retraining budgets of 250 ... 4,000 steps, a sweep per budget
     python scans.py --claim=recipes     # HPR, PC, from scratch, HPR + KD, PC + KD from the default base
     python scans.py --claim=quality --bases=e96_tpp10,e96_tpp40   # some of a claim's cells now, the rest later
+    python scans.py --claim=size --from_ledger=True                # the table and figure from docs/ alone, any machine
 
 Each writes out/scans/<claim>.md, .json and .png. Runs are compare.py's (one folder per settings under
 out/scans/runs/, reused when finished; bases in out/base_<name>/), so a scan grows over several
 sittings. Each arm run's result is also kept in docs/scan_runs.json (committed) as it ends: a fresh
 clone, or a machine without out/, takes a run from there instead of training it again, when its
 settings are the same and its base is the same checkpoint file or holds the same weights (a base
-trained again: the table says on which machines its runs trained). The default base's HPR and PC rates at 1,000 steps are the earlier sweep's, kept in
-config/compare_shakespeare_char.py, not swept again.
+trained again: the table says on which machines its runs trained). A base trained again on another
+kind of machine has other weights, so its runs train again there; --from_ledger=True instead draws
+the tables and figure from the ledger and the bases' descriptions beside it (docs/scan_bases.json)
+alone, training nothing, on any machine. The default base's HPR and PC rates at 1,000 steps are the
+earlier sweep's, kept in config/compare_shakespeare_char.py, not swept again.
 """
 import collections
 import hashlib
@@ -52,8 +56,10 @@ base_config = 'config/base_shakespeare_char.py'
 arm_config = 'config/compare_shakespeare_char.py'
 out_dir = 'out/scans'
 ledger = 'docs/scan_runs.json'   # finished arm runs' results, kept in the repository ('' = neither read nor written)
+from_ledger = False           # True: tables and figure from the ledger alone (no base or run trains; one missing is an error)
 OWN = dict(claim=claim, bases=bases, budgets=budgets, arms=arms, levels=levels, seeds=seeds, kd_alpha=kd_alpha,
-           jobs=jobs, base_config=base_config, arm_config=arm_config, out_dir=out_dir, ledger=ledger)
+           jobs=jobs, base_config=base_config, arm_config=arm_config, out_dir=out_dir, ledger=ledger,
+           from_ledger=from_ledger)
 
 # The bases: base_config with these settings. The default (e96_tpp40) sees 14.2M tokens, 3.1 passes
 # over the 4.6M training characters; e48 is the same recipe at half every width (a quarter of the
@@ -104,6 +110,8 @@ def parse_options(argv):
         raise SystemExit("error: levels are in (0, 1), budgets and jobs positive, seeds different")
     if not 0 < opts['kd_alpha'] <= 1:
         raise SystemExit(f"error: --kd_alpha={opts['kd_alpha']} must be in (0, 1]")
+    if opts['from_ledger'] and not opts['ledger']:
+        raise SystemExit("error: --from_ledger=True reads the ledger: give --ledger (docs/scan_runs.json)")
     return opts, chosen, buds, lv, sd, [a for a in spec['arms'] if a in arms_]
 
 
@@ -201,11 +209,17 @@ def same_base(e, cfg):
     return weights is not None and weights == base_weights_sha256(cfg['base_ckpt'])
 
 
-def from_ledger(entries, cfg):
+def from_ledger(entries, cfg, base_weights=None):
     """The ledger's result for cfg's run, when no finished folder holds it and the entry was made with
-    the same settings from the same base (its checkpoint file, or its weights); else None."""
+    the same settings from the same base (its checkpoint file, or its weights); else None. With
+    base_weights (--from_ledger: no base here) only the entry's base weights hash is compared."""
     e = entries.get(os.path.basename(cfg['out_dir']))
-    if e is None or compare.finished(cfg) or e['settings_sha256'] != compare.settings_sha256(cfg) or not same_base(e, cfg):
+    if e is None or e['settings_sha256'] != compare.settings_sha256(cfg):
+        return None
+    if base_weights is not None:
+        if e.get('base_weights_sha256') != base_weights:
+            return None
+    elif compare.finished(cfg) or not same_base(e, cfg):
         return None
     return {k: v for k, v in e.items() if k not in ('settings_sha256', 'base_sha256', 'base_weights_sha256')} | dict(
         out_dir=cfg['out_dir'])
@@ -232,10 +246,46 @@ def record(path, entries, cfgs, results):
         files.write_text(path, json.dumps(entries, indent=1, sort_keys=True) + '\n')
 
 
-def run_cells(opts, cells, seeds_):
+def bases_path(opts):
+    """The bases' descriptions beside the ledger: what --from_ledger knows of a base it cannot load."""
+    return os.path.join(os.path.dirname(opts['ledger']), 'scan_bases.json')
+
+
+def record_bases(opts, info, base_cfgs):
+    """Each base's description (params, tokens, passes, val loss, weights hash, machine) into
+    bases_path when none of that name is there; one of that name is kept (the ledger's runs are its)."""
+    if not opts['ledger']:
+        return
+    known, new = read_ledger(bases_path(opts)), {}
+    shipped = os.path.join(compare.shipped_base, 'ckpt.pt')
+    for n, d in info.items():
+        ckpt = os.path.join(base_cfgs[n]['out_dir'], 'ckpt.pt')
+        weights = base_weights_sha256(ckpt)
+        if n not in known:
+            where = ('shipped with the repository' if os.path.isfile(shipped) and
+                     compare.base_sha256(shipped) == compare.base_sha256(ckpt) else this_machine())
+            new[n] = {k: v for k, v in d.items() if k != 'out_dir'} | dict(base_weights_sha256=weights, machine=where)
+        elif known[n]['base_weights_sha256'] != weights:
+            print(f"== base {n}: not written to {bases_path(opts)}, whose entry for it is of other weights (kept)")
+    if new:
+        files.write_text(bases_path(opts), json.dumps(known | new, indent=1, sort_keys=True) + '\n')
+
+
+def ledger_bases(opts, names):
+    """--from_ledger: the bases' descriptions from bases_path; a base not there is an error."""
+    known = read_ledger(bases_path(opts))
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise SystemExit(f"error: --from_ledger: base {missing[0]} is not in {bases_path(opts)}; run the scan "
+                         f"without --from_ledger to train it")
+    return {n: known[n] for n in names}
+
+
+def run_cells(opts, cells, seeds_, bases_known=None):
     """cells: dicts (base, base_path, level, iters, arm). Phase 1 sweeps each cell on the first
     seed (widening where the best is at an edge), phase 2 runs the other seeds at the chosen rate.
-    Each phase trains all its runs together (compare.run_all, --jobs at once)."""
+    Each phase trains all its runs together (compare.run_all, --jobs at once). With bases_known
+    (--from_ledger) every run comes from the ledger, matched by its base's weights hash."""
     tried = {id(c): {} for c in cells}
     entries = read_ledger(opts['ledger'])
     lock = threading.Lock()
@@ -248,13 +298,19 @@ def run_cells(opts, cells, seeds_):
         cfgs = [arm_run(opts, c['base_path'], c['base'], c['level'], c['iters'], c['arm'], lr, s) for c, lr, s in pairs]
         label = lambda c, cfg: (f"{c['arm']} at {c['level']:.0%} from {c['base']}, {c['iters']} steps, "
                                 f"lr {compare.rate_name(cfg['learning_rate'])}, seed {cfg['seed']}")
-        kept = [from_ledger(entries, cfg) for cfg in cfgs]
+        kept = [from_ledger(entries, cfg, bases_known and bases_known[c['base']]['base_weights_sha256'])
+                for (c, _, _), cfg in zip(pairs, cfgs)]
+        missing = [cfg['out_dir'] for cfg, k in zip(cfgs, kept) if k is None]
+        if bases_known is not None and missing:
+            raise SystemExit(f"error: --from_ledger: run {os.path.basename(missing[0])} is not in {opts['ledger']} "
+                             f"(of this base); run the scan without --from_ledger to train it")
         if any(kept):
             print(f"== {sum(map(bool, kept))} of {len(cfgs)} runs taken from {opts['ledger']}")
         done = iter(compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg, k
                                                    in zip(pairs, cfgs, kept) if k is None], keep))
         results = [k or result(cfg, next(done)) for cfg, k in zip(cfgs, kept)]
-        record(opts['ledger'], entries, cfgs, results)   # the runs reused from their folders
+        if bases_known is None:
+            record(opts['ledger'], entries, cfgs, results)   # the runs reused from their folders
         return results
 
     first, want = seeds_[0], []
@@ -320,7 +376,8 @@ def paired(cell, other, key):
 def describe(base_cfg, summary, train_tokens):
     return dict(params=summary['params'], tokens=summary['tokens'], val_loss=summary['val_loss'],
                 tokens_per_param=summary['tokens'] / summary['params'], passes=summary['tokens'] / train_tokens,
-                n_embd=summary['model_args']['n_embd'], out_dir=base_cfg['out_dir'])
+                n_embd=summary['model_args']['n_embd'], train_seconds=train_seconds(base_cfg['out_dir']),
+                out_dir=base_cfg['out_dir'])
 
 
 def tables(opts, cells, info):
@@ -330,8 +387,9 @@ def tables(opts, cells, info):
               '| base | params | n_embd | tokens | tokens per param | passes over the training data | val loss |',
               '|---|---|---|---|---|---|---|']
     for name, d in info.items():
+        val = 'not kept' if d['val_loss'] is None else f"{d['val_loss']:.4f}"
         lines.append(f"| {name} | {d['params']:,} | {d['n_embd']} | {d['tokens']:,} | {d['tokens_per_param']:.1f} | "
-                     f"{d['passes']:.2f} | {d['val_loss']:.4f} |")
+                     f"{d['passes']:.2f} | {val} |")
     lines += ['', f"**Each arm at its best held-out rate** (mean ± sd over seeds (n); rate chosen on seed "
               f"{cells[0]['seeds'][0]['seed']}; (edge): the best is the widest rate tried; (config): the earlier "
               f"sweep's rate, config/compare_shakespeare_char.py)", '',
@@ -362,10 +420,13 @@ def tables(opts, cells, info):
         lines.append(f"| {c['base']} | {c['level']:.0%} | {c['iters']} | {c['arm'].upper()} - HPR | " + ' | '.join(row) + ' |')
     every = {r['out_dir']: r for c in cells for r in c['seeds'] + c['sweep_runs']}
     hours = (sum(r['train_seconds'] for r in every.values()) +
-             sum(train_seconds(d['out_dir']) for d in info.values())) / 3600
+             sum(d['train_seconds'] or 0 for d in info.values())) / 3600
     machines = collections.Counter(r['machine'] for r in every.values())
+    untimed = sum(d['train_seconds'] is None for d in info.values())
     lines += ['', f"Runs: {len(every)} arm runs and {len(info)} bases, {hours:.2f} hours of training steps "
-              f"(the sum of ms_per_iter x steps over their logs). The arm runs trained on: " +
+              f"(the sum of ms_per_iter x steps over their logs" +
+              (f"; not counted: {untimed} bases' own, not kept in {bases_path(opts)}" if untimed else '') +
+              "). The arm runs trained on: " +
               '; '.join(f"{m} ({n})" for m, n in sorted(machines.items())) + '.']
     swept = [c for c in cells if c['swept']]
     if swept:
@@ -438,8 +499,10 @@ def plot(opts, cells, info):
                 ax.scatter([xs(c)] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
                 pts.append((xs(c), m, se))
                 if opts['claim'] == 'quality' and series.startswith('n_embd'):   # passes over the training data
-                    ax.annotate(f"{info[c['base']]['passes']:.1f}x", (xs(c), m), fontsize=7,
-                                xytext=(4, 4), textcoords='offset points')
+                    above = series == f"n_embd {info[DEFAULT_BASE]['n_embd']}" if DEFAULT_BASE in info else True
+                    ax.annotate(f"{info[c['base']]['passes']:.1f}x", (xs(c), m), fontsize=7,   # one size above
+                                xytext=(4, 4) if above else (-4, -10), ha='left' if above else 'right',   # the other below
+                                textcoords='offset points')
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[2 * p[2] for p in pts], capsize=3,
                         color=colors.get(lvl, 'k'), marker='o',
                         ls={'n_embd 48': '-.', "the default's tokens": ':'}.get(series, '-'),
@@ -467,6 +530,26 @@ def plot(opts, cells, info):
 def main(argv):
     opts, names, buds, lv, seeds_, arms = parse_options(argv)
     base_cfgs = {n: base_run(opts, n) for n in names}
+    info = ledger_bases(opts, names) if opts['from_ledger'] else trained_bases(opts, names, base_cfgs)
+    cells = [dict(base=n, base_path=os.path.join(base_cfgs[n]['out_dir'], 'ckpt.pt'), level=lvl, iters=it, arm=a)
+             for n in names for lvl in lv for it in buds for a in arms]
+    run_cells(opts, cells, seeds_, bases_known=info if opts['from_ledger'] else None)
+    os.makedirs(opts['out_dir'], exist_ok=True)
+    md = tables(opts, cells, info)
+    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.md"), 'w') as f:
+        f.write(md)
+    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.json"), 'w') as f:
+        json.dump(dict(bases=info, cells=[{k: v for k, v in c.items() if k != 'sweep'} | {'sweep': {
+            repr(r): v for r, v in c['sweep'].items()}} for c in cells]), f, indent=1)
+    png = plot(opts, cells, info)
+    print(md)
+    print(f"figure: {png}\ntable:  {os.path.join(opts['out_dir'], opts['claim'] + '.md')}")
+    return cells
+
+
+def trained_bases(opts, names, base_cfgs):
+    """The claim's bases, trained here (or reused from their folders; the default base ships), each
+    described for the tables and recorded beside the ledger."""
     for n, cfg in base_cfgs.items():
         if n == DEFAULT_BASE:
             compare.restore_shipped(cfg, compare.shipped_base, opts['base_config'])
@@ -479,20 +562,8 @@ def main(argv):
     summaries = compare.run_all(opts['jobs'], [(f"base {n}", cfg) for n, cfg in base_cfgs.items()])
     train_tokens = sum(e['tokens'] for e in meta(data_dir)['splits']['train'])
     info = {n: describe(base_cfgs[n], s, train_tokens) for n, s in zip(names, summaries)}
-    cells = [dict(base=n, base_path=os.path.join(base_cfgs[n]['out_dir'], 'ckpt.pt'), level=lvl, iters=it, arm=a)
-             for n in names for lvl in lv for it in buds for a in arms]
-    run_cells(opts, cells, seeds_)
-    os.makedirs(opts['out_dir'], exist_ok=True)
-    md = tables(opts, cells, info)
-    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.md"), 'w') as f:
-        f.write(md)
-    with open(os.path.join(opts['out_dir'], f"{opts['claim']}.json"), 'w') as f:
-        json.dump(dict(bases=info, cells=[{k: v for k, v in c.items() if k != 'sweep'} | {'sweep': {
-            repr(r): v for r, v in c['sweep'].items()}} for c in cells]), f, indent=1)
-    png = plot(opts, cells, info)
-    print(md)
-    print(f"figure: {png}\ntable:  {os.path.join(opts['out_dir'], opts['claim'] + '.md')}")
-    return cells
+    record_bases(opts, info, base_cfgs)
+    return info
 
 
 if __name__ == '__main__':

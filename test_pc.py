@@ -3197,6 +3197,52 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
 
 
 
+def test_scans_from_ledger_trains_nothing_on_any_machine(tmp_path, monkeypatch):
+    """--from_ledger=True: with no base and no run folder here (another machine, whose bases would
+    train to other weights), the claim's table and figure come from the ledger and the bases'
+    descriptions beside it, the same as the scan that trained them; a run or a base not there, or an
+    entry from other base weights, is one error line; a base's description is never overwritten."""
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5,6']
+    cells = scans.main(args)
+    md = (tmp_path / 'scans' / 'size.md').read_text()
+    bases = json.loads((tmp_path / 'scan_bases.json').read_text())
+    for name in ('a', 'b'):             # each base as its own summary.json says, with its weights hash
+        summary = json.load(open(tmp_path / 'bases' / f'base_{name}' / 'summary.json'))
+        ckpt = str(tmp_path / 'bases' / f'base_{name}' / 'ckpt.pt')
+        assert (bases[name]['params'], bases[name]['tokens'], bases[name]['val_loss']) == \
+            (summary['params'], summary['tokens'], summary['val_loss'])
+        assert bases[name]['base_weights_sha256'] == scans.base_weights_sha256(ckpt)
+    shutil.rmtree(tmp_path / 'bases')
+    shutil.rmtree(tmp_path / 'scans')
+
+    def no_training(*a, **k):
+        raise AssertionError('--from_ledger trained something')
+    monkeypatch.setattr(train, 'train', no_training)
+    monkeypatch.setattr(compare, 'train_in_child', no_training)
+    assert scans.main(args + ['--from_ledger=True']) == cells
+    assert (tmp_path / 'scans' / 'size.md').read_text() == md and (tmp_path / 'scans' / 'size.png').is_file()
+    assert not (tmp_path / 'bases').exists()
+    ledger = json.loads((tmp_path / 'ledger.json').read_text())
+    name = os.path.basename(cells[-1]['seeds'][-1]['out_dir'])
+    for broken, match in (({k: v for k, v in ledger.items() if k != name}, re.escape(f"run {name} is not in")),
+                          ({**ledger, name: {**ledger[name], 'base_weights_sha256': '0' * 64}}, re.escape(f"run {name} is not in"))):
+        (tmp_path / 'ledger.json').write_text(json.dumps(broken))
+        with pytest.raises(SystemExit, match=match):
+            scans.main(args + ['--from_ledger=True'])
+    (tmp_path / 'ledger.json').write_text(json.dumps(ledger))
+    (tmp_path / 'scan_bases.json').write_text(json.dumps({'a': bases['a']}))
+    with pytest.raises(SystemExit, match=r"base b is not in .*scan_bases.json; run the scan without --from_ledger"):
+        scans.main(args + ['--from_ledger=True'])
+    with pytest.raises(SystemExit, match="--from_ledger=True reads the ledger"):
+        scans.main(args + ['--from_ledger=True', '--ledger='])
+    # a base trained again with other weights: its description stays as it was
+    (tmp_path / 'scan_bases.json').write_text(json.dumps({'a': {**bases['a'], 'base_weights_sha256': '0' * 64}}))
+    monkeypatch.undo()
+    args = tiny_scan(tmp_path, monkeypatch) + ['--seeds=5', '--bases=a', '--arms=hpr']
+    scans.main(args)
+    after = json.loads((tmp_path / 'scan_bases.json').read_text())
+    assert after['a']['base_weights_sha256'] == '0' * 64 and after['a']['params'] == bases['a']['params']
+
 def test_scans_ledger_takes_runs_of_a_base_trained_again(tmp_path, monkeypatch):
     """A machine without out/ trains the scans' bases again (only the default base ships): the new
     checkpoint holds the same weights bit for bit but is another file (each save has its own id), and
