@@ -3502,6 +3502,82 @@ def test_docs_claims_quality_and_size_tables_are_the_ledgers():
     assert f"(HPR ahead by {se[('e96_tpp160', 50)]:.1f} standard errors)" in item
 
 
+def test_docs_recipes_tables_are_the_ledgers(tmp_path, monkeypatch):
+    """docs/experiments.md's recipes tables (from scratch; distillation at 50% and at 90%) are what
+    `python scans.py --claim=recipes` makes from docs/scan_runs.json, training nothing on a fresh
+    clone: every arm's mean ± sd (and rate), each arm - HPR paired by seed with its SE and verdict on
+    both measures, the sweeps the prose lists, and PC + KD - HPR + KD, recomputed from the seeds; and
+    the README's figures for the recipes."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    cells = scan_from_ledger(tmp_path, monkeypatch, '--claim=recipes')
+    docs = open(os.path.join(root, 'docs', 'experiments.md')).read().replace('**', '')
+    scratch_part = docs[docs.index('### The recipes: is compressing'):docs.index('### The recipes: distillation')]
+    kd_part = docs[docs.index('### The recipes: distillation'):docs.index('### Claim (3)')]
+    sd = lambda v: np.std(v, ddof=1)
+    names = dict(hpr='HPR', pc='PC', scratch='scratch', hpr_kd='HPR + KD', pc_kd='PC + KD')
+    cell = lambda level, arm: next(c for c in cells if (c['level'], c['arm']) == (level, arm))
+    vals = lambda c, key='val_loss': [r[key] for r in c['seeds']]
+    mean_sd = lambda v: f"{np.mean(v):.4f} ± {sd(v):.4f}"
+
+    def diff(c, other, key='val_loss'):
+        assert [r['seed'] for r in c['seeds']] == [r['seed'] for r in other['seeds']] == [1337, 2, 3]
+        return [p[key] - q[key] for p, q in zip(c['seeds'], other['seeds'])]
+
+    def pair(d, names_):   # the cell and its verdict: a lead only beyond two standard errors
+        se = sd(d) / math.sqrt(len(d))
+        word = 'noise' if abs(np.mean(d)) <= 2 * se else f"{names_[0] if np.mean(d) < 0 else names_[1]} leads"
+        return [f"{np.mean(d):+.4f} ± {sd(d):.4f} ({se:.4f})", word]
+
+    # a sweep as the prose lists it, the chosen (best) rate in bold: looked for in the unstripped text
+    sweep = lambda c: ', '.join(f"2^{round(math.log2(r))}: " + (f"**{v:.4f}**" if r == c['lr'] else f"{v:.4f}")
+                                for r, v in sorted(c['sweep'].items()))
+    flat = lambda text: ' '.join(text.split())
+    raw = flat(open(os.path.join(root, 'docs', 'experiments.md')).read())
+    # from scratch: one row per level
+    rows = {r.split('|')[1].strip(): [x.strip() for x in r.split('|')[1:-1]]
+            for r in scratch_part.splitlines() if re.match(r'\| (50|90)% \|', r)}
+    assert sorted(rows) == ['50%', '90%']
+    for level in (0.5, 0.9):
+        row, h, p, s = rows[f"{level:.0%}"], cell(level, 'hpr'), cell(level, 'pc'), cell(level, 'scratch')
+        assert not h['swept'] and not p['swept'] and s['swept'] and not s['at_edge']
+        assert row[1:4] == [mean_sd(vals(h)), mean_sd(vals(p)), f"{mean_sd(vals(s))} @ 2^{round(math.log2(s['lr']))}"], row
+        assert row[4:6] == pair(diff(p, h), ('PC', 'HPR')) and row[6:8] == pair(diff(s, h), ('scratch', 'HPR')), row
+        assert f"at {level:.0%} {sweep(s)}" in raw, sweep(s)
+    # distillation: a table per level, each arm - HPR on held-out loss and on the paper's measure
+    part = {0.5: kd_part[:kd_part.index('At 90%')], 0.9: kd_part[kd_part.index('At 90%'):]}
+    for level, text in part.items():
+        rows = {r.split('|')[1].strip(): [x.strip() for x in r.split('|')[1:-1]]
+                for r in text.splitlines() if re.match(r'\| (HPR|PC)( \+ KD)? \|', r)}
+        assert sorted(rows) == ['HPR', 'HPR + KD', 'PC', 'PC + KD'], rows
+        h = cell(level, 'hpr')
+        assert rows['HPR'][1] == mean_sd(vals(h))
+        for arm in ('pc', 'hpr_kd', 'pc_kd'):
+            c, row = cell(level, arm), rows[names[arm]]
+            assert c['swept'] == arm.endswith('_kd') and not c['at_edge']
+            assert row[1] == mean_sd(vals(c)), row
+            assert row[2:4] == pair(diff(c, h), (names[arm], 'HPR')), row
+            assert row[4:6] == pair(diff(c, h, 'train_loss'), (names[arm], 'HPR')), row
+        for arm in ('hpr_kd', 'pc_kd'):
+            assert f"{names[arm]} at {level:.0%} {sweep(cell(level, arm))}" in raw, (level, arm, sweep(cell(level, arm)))
+        d = diff(cell(level, 'pc_kd'), cell(level, 'hpr_kd'))
+        assert (f"PC + KD - HPR + KD is {np.mean(d):+.4f} ± {sd(d):.4f} (standard error "
+                f"{sd(d) / math.sqrt(3):.4f}; paired by seed: {', '.join(f'{x:+.4f}' for x in d)})") in flat(text), d
+    # the README's paragraph on the recipes: its gaps and standard-error counts
+    readme = open(os.path.join(root, 'README.md')).read()
+    item = flat(readme[readme.index('**Is compressing a base worth it at all here?'):].split('\n\n')[0])
+    gap = lambda level, arm: abs(np.mean(diff(cell(level, arm), cell(level, 'hpr'))))
+    ses = lambda level, arm: gap(level, arm) / (sd(diff(cell(level, arm), cell(level, 'hpr'))) / math.sqrt(3))
+    paper_gap = lambda arm: abs(np.mean(diff(cell(0.5, arm), cell(0.5, 'hpr'), 'train_loss')))
+    assert f"ends **{gap(0.5, 'scratch'):.2f}** (50%) and **{gap(0.9, 'scratch'):.2f}** (90%) behind HPR" in item
+    assert (f"lead HPR by **{gap(0.5, 'hpr_kd'):.3f}** and **{gap(0.5, 'pc_kd'):.3f}** ({ses(0.5, 'hpr_kd'):.0f} and "
+            f"{ses(0.5, 'pc_kd'):.0f} standard errors; {paper_gap('hpr_kd'):.3f} and {paper_gap('pc_kd'):.3f} on "
+            f"the paper's measure") in item, item
+    d50, d90 = (diff(cell(lv, 'pc_kd'), cell(lv, 'hpr_kd')) for lv in (0.5, 0.9))
+    assert f"between them it is noise ({np.mean(d50):+.4f} ± {sd(d50):.4f})" in item
+    assert (f"HPR + KD leads HPR by {gap(0.9, 'hpr_kd'):.3f}, PC + KD by **{gap(0.9, 'pc_kd'):.3f}**, and PC + KD - "
+            f"HPR + KD is {np.mean(d90):+.3f} ± {sd(d90):.3f} ({abs(np.mean(d90)) / (sd(d90) / math.sqrt(3)):.1f} "
+            f"standard errors") in item, item
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PAPER = os.path.join(ROOT, 'config', 'paper_c4.py')
 # the authors' widths (llm-random/nano configs/pc_project/llmr_{300,800}_{comp,prune}.yaml; 300M at
