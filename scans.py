@@ -110,8 +110,9 @@ def parse_options(argv):
         raise SystemExit("error: levels are in (0, 1), budgets and jobs positive, seeds different")
     if not 0 < opts['kd_alpha'] <= 1:
         raise SystemExit(f"error: --kd_alpha={opts['kd_alpha']} must be in (0, 1]")
-    if opts['from_ledger'] and not opts['ledger']:
-        raise SystemExit("error: --from_ledger=True reads the ledger: give --ledger (docs/scan_runs.json)")
+    if opts['from_ledger'] and not os.path.isfile(opts['ledger'] or ''):
+        raise SystemExit(f"error: --from_ledger=True reads the ledger, and --ledger={opts['ledger']!r} is no file: "
+                         f"give --ledger=docs/scan_runs.json (the committed one)")
     return opts, chosen, buds, lv, sd, [a for a in spec['arms'] if a in arms_]
 
 
@@ -175,10 +176,14 @@ def read_ledger(path):
         return {}
     try:
         with open(path) as f:
-            return json.load(f)
+            entries = json.load(f)
     except ValueError as e:
-        raise SystemExit(f"error: {path} is not valid JSON ({e}); restore it with git checkout {path}, "
+        entries = e
+    if not isinstance(entries, dict):
+        why = f"not valid JSON ({entries})" if isinstance(entries, ValueError) else "not a JSON object of runs"
+        raise SystemExit(f"error: {path} is {why}; restore it (git checkout {path}, for the committed one), "
                          f"or pass --ledger='' to ignore it")
+    return entries
 
 
 _weights_sha = {}
@@ -300,10 +305,11 @@ def run_cells(opts, cells, seeds_, bases_known=None):
                                 f"lr {compare.rate_name(cfg['learning_rate'])}, seed {cfg['seed']}")
         kept = [from_ledger(entries, cfg, bases_known and bases_known[c['base']]['base_weights_sha256'])
                 for (c, _, _), cfg in zip(pairs, cfgs)]
-        missing = [cfg['out_dir'] for cfg, k in zip(cfgs, kept) if k is None]
+        missing = [(c, cfg) for (c, _, _), cfg, k in zip(pairs, cfgs, kept) if k is None]
         if bases_known is not None and missing:
-            raise SystemExit(f"error: --from_ledger: run {os.path.basename(missing[0])} is not in {opts['ledger']} "
-                             f"(of this base); run the scan without --from_ledger to train it")
+            c, cfg = missing[0]
+            raise SystemExit(f"error: --from_ledger: run {os.path.basename(cfg['out_dir'])} ({label(c, cfg)}) is not "
+                             f"in {opts['ledger']} from this base; run the scan without --from_ledger to train it")
         if any(kept):
             print(f"== {sum(map(bool, kept))} of {len(cfgs)} runs taken from {opts['ledger']}")
         done = iter(compare.run_all(opts['jobs'], [(label(c, cfg), cfg) for (c, _, _), cfg, k
@@ -423,9 +429,9 @@ def tables(opts, cells, info):
              sum(d['train_seconds'] or 0 for d in info.values())) / 3600
     machines = collections.Counter(r['machine'] for r in every.values())
     untimed = sum(d['train_seconds'] is None for d in info.values())
-    lines += ['', f"Runs: {len(every)} arm runs and {len(info)} bases, {hours:.2f} hours of training steps "
-              f"(the sum of ms_per_iter x steps over their logs" +
-              (f"; not counted: {untimed} bases' own, not kept in {bases_path(opts)}" if untimed else '') +
+    lines += ['', f"Runs: {len(every)} arm runs and {len(info)} base{'s' * (len(info) > 1)}, {hours:.2f} hours of training steps "
+              f"(the sum of ms_per_iter x steps over their logs, kept in the ledgers" +
+              (f"; not counted: the training of {untimed} of the bases, not kept in {bases_path(opts)}" if untimed else '') +
               "). The arm runs trained on: " +
               '; '.join(f"{m} ({n})" for m, n in sorted(machines.items())) + '.']
     swept = [c for c in cells if c['swept']]

@@ -3194,6 +3194,9 @@ def test_scans_ledger_stands_in_for_lost_runs(tmp_path, monkeypatch):
     (tmp_path / 'ledger.json').write_text('{"half')
     with pytest.raises(SystemExit, match='ledger.json is not valid JSON'):
         scans.main(args)
+    (tmp_path / 'ledger.json').write_text('[]')
+    with pytest.raises(SystemExit, match='ledger.json is not a JSON object of runs'):
+        scans.main(args)
 
 
 
@@ -3224,8 +3227,10 @@ def test_scans_from_ledger_trains_nothing_on_any_machine(tmp_path, monkeypatch):
     assert not (tmp_path / 'bases').exists()
     ledger = json.loads((tmp_path / 'ledger.json').read_text())
     name = os.path.basename(cells[-1]['seeds'][-1]['out_dir'])
-    for broken, match in (({k: v for k, v in ledger.items() if k != name}, re.escape(f"run {name} is not in")),
-                          ({**ledger, name: {**ledger[name], 'base_weights_sha256': '0' * 64}}, re.escape(f"run {name} is not in"))):
+    seed = cells[-1]['seeds'][-1]['seed']   # the error names the run by what it is, its seed too
+    match = re.escape(f"run {name} (") + rf".*seed {seed}\) is not in"
+    for broken in ({k: v for k, v in ledger.items() if k != name},
+                   {**ledger, name: {**ledger[name], 'base_weights_sha256': '0' * 64}}):
         (tmp_path / 'ledger.json').write_text(json.dumps(broken))
         with pytest.raises(SystemExit, match=match):
             scans.main(args + ['--from_ledger=True'])
@@ -3233,8 +3238,9 @@ def test_scans_from_ledger_trains_nothing_on_any_machine(tmp_path, monkeypatch):
     (tmp_path / 'scan_bases.json').write_text(json.dumps({'a': bases['a']}))
     with pytest.raises(SystemExit, match=r"base b is not in .*scan_bases.json; run the scan without --from_ledger"):
         scans.main(args + ['--from_ledger=True'])
-    with pytest.raises(SystemExit, match="--from_ledger=True reads the ledger"):
-        scans.main(args + ['--from_ledger=True', '--ledger='])
+    for bad in ('', str(tmp_path / 'missing.json'), str(tmp_path)):
+        with pytest.raises(SystemExit, match="--from_ledger=True reads the ledger, and --ledger=.* is no file"):
+            scans.main(args + ['--from_ledger=True', f'--ledger={bad}'])
     # a base trained again with other weights: its description stays as it was
     (tmp_path / 'scan_bases.json').write_text(json.dumps({'a': {**bases['a'], 'base_weights_sha256': '0' * 64}}))
     monkeypatch.undo()
