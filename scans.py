@@ -9,7 +9,7 @@ each arm minus HPR, paired by seed (a seed fixes the data order of both arms), c
 when the mean difference exceeds twice its standard error; the figure draws every seed.
 
     python scans.py --claim=quality     # bases of more tokens per parameter, at two sizes: repetition held apart
-    python scans.py --claim=size        # bases of two sizes at 40 tokens per parameter
+    python scans.py --claim=size        # bases of three sizes at 40 tokens per parameter
     python scans.py --claim=tokens      # retraining budgets of 250 ... 4,000 steps, a sweep per budget
     python scans.py --claim=recipes     # HPR, PC, from scratch, HPR + KD, PC + KD from the default base
     python scans.py --claim=quality --bases=e96_tpp10,e96_tpp40   # some of a claim's cells now, the rest later
@@ -63,19 +63,21 @@ OWN = dict(claim=claim, bases=bases, budgets=budgets, arms=arms, levels=levels, 
 
 # The bases: base_config with these settings. The default (e96_tpp40) sees 14.2M tokens, 3.1 passes
 # over the 4.6M training characters; e48 is the same recipe at half every width (a quarter of the
-# parameters), so e48_t14m sees the default's tokens (same repetition, 4x the tokens per parameter).
+# parameters), so e48_t14m sees the default's tokens (same repetition, 4x the tokens per parameter);
+# e144 is it at 1.5 times every width (2.2 times the parameters, about 4.6 times the base's compute).
 BASES = {
     'e96_tpp10': ['--tokens_per_param=10.0'],
     'e96_tpp40': [],
     'e96_tpp160': ['--tokens_per_param=160.0'],
     'e48_tpp40': ['--n_embd=48', '--n_head=3'],
     'e48_t14m': ['--n_embd=48', '--n_head=3', '--tokens_per_param=0', '--max_tokens=14245888'],
+    'e144_tpp40': ['--n_embd=144', '--n_head=3'],
 }
 DEFAULT_BASE = 'e96_tpp40'
 CLAIMS = dict(
     quality=dict(bases=['e96_tpp10', 'e96_tpp40', 'e96_tpp160', 'e48_tpp40', 'e48_t14m'], budgets=[1000],
                  arms=['hpr', 'pc']),
-    size=dict(bases=['e48_tpp40', 'e96_tpp40'], budgets=[1000], arms=['hpr', 'pc']),
+    size=dict(bases=['e48_tpp40', 'e96_tpp40', 'e144_tpp40'], budgets=[1000], arms=['hpr', 'pc']),
     tokens=dict(bases=[DEFAULT_BASE], budgets=[250, 500, 1000, 2000, 4000], arms=['hpr', 'pc']),
     recipes=dict(bases=[DEFAULT_BASE], budgets=[1000], arms=['hpr', 'pc', 'scratch', 'hpr_kd', 'pc_kd']),
 )

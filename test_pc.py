@@ -3452,12 +3452,13 @@ def test_docs_claim_tokens_table_is_the_ledgers(tmp_path, monkeypatch):
            f"{abs(np.mean(d[4000])) / (sd(d[4000]) / math.sqrt(3)):.0f} standard errors)" in item.replace('\n   ', ' ')
 
 
-def test_docs_claims_quality_and_size_tables_are_the_ledgers():
+def test_docs_claims_quality_and_size_tables_are_the_ledgers(tmp_path, monkeypatch):
     """docs/experiments.md's claims (1) and (2) tables are their runs in docs/scan_runs.json (their
     bases do not ship, so this reads the ledger's entries directly rather than running scans.py):
     each row's rate is the best its seed-1337 sweep tried ('(edge)' when that is the widest), and each
     arm's mean ± sd and PC - HPR paired by seed, with its SE and verdict, are recomputed from the
-    entries at that rate; the README's standard-error counts for claim (1) with them."""
+    entries at that rate; the README's standard-error counts for claim (1) with them. And both
+    claims redraw with --from_ledger=True (every run and base of theirs is in docs/)."""
     root = os.path.dirname(os.path.abspath(__file__))
     ledger = json.load(open(os.path.join(root, 'docs', 'scan_runs.json')))
     docs = open(os.path.join(root, 'docs', 'experiments.md')).read()
@@ -3474,7 +3475,7 @@ def test_docs_claims_quality_and_size_tables_are_the_ledgers():
         return out
 
     def check(section, n_rows, arm_cells):
-        rows = [[x.strip() for x in r.split('|')[1:-1]] for r in section.splitlines() if re.match(r'\| e(48|96)_', r)]
+        rows = [[x.strip() for x in r.split('|')[1:-1]] for r in section.splitlines() if re.match(r'\| e(48|96|144)_', r)]
         assert len(rows) == n_rows
         seen = {}
         for row in rows:
@@ -3499,13 +3500,24 @@ def test_docs_claims_quality_and_size_tables_are_the_ledgers():
             seen[(base, level)] = abs(np.mean(d)) / (sd(d) / math.sqrt(3))
         return seen
 
+    # and the README's promise: each of these claims redraws from docs/ alone, training nothing
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(train, 'train', lambda *a, **k: pytest.fail('--from_ledger trained a run'))
+    monkeypatch.setattr(compare, 'train_in_child', lambda *a, **k: pytest.fail('--from_ledger trained a run'))
+    for claim in ('quality', 'size'):
+        scans.main([f'--claim={claim}', '--from_ledger=True', f'--out_dir={tmp_path}', '--jobs=1',
+                    f"--ledger={os.path.join(root, 'docs', 'scan_runs.json')}"])
+        assert (tmp_path / f'{claim}.png').is_file()
     quality = docs[docs.index('### Claim (1)'):docs.index('### Claim (2)')]
     se = check(quality, 10, lambda row: row[5:7])
-    check(docs[docs.index('### Claim (2)'):docs.index('### The recipes')], 4, lambda row: ('', ''))
+    size = check(docs[docs.index('### Claim (2)'):docs.index('### The recipes')], 6, lambda row: ('', ''))
     readme = open(os.path.join(root, 'README.md')).read()
     item = readme[readme.index("1. *PC's lead grows"):readme.index("2. *PC's lead grows")].replace('\n   ', ' ')
     assert f"(PC ahead by {se[('e48_t14m', 50)]:.1f} standard errors)" in item
     assert f"(HPR ahead by {se[('e96_tpp160', 50)]:.1f} standard errors)" in item
+    item = readme[readme.index("2. *PC's lead grows"):readme.index("3. *PC's lead grows")].replace('\n   ', ' ')
+    assert f"at 90% (HPR ahead by {size[('e144_tpp40', 90)]:.1f} standard errors)" in item
+    assert f"at 50% (HPR ahead by {size[('e144_tpp40', 50)]:.1f})" in item
 
 
 def test_docs_recipes_tables_are_the_ledgers(tmp_path, monkeypatch):
