@@ -507,7 +507,7 @@ def plot(opts, cells, info):
                 ax.scatter([xs(c)] * len(d), d, s=10, color=colors.get(lvl, 'k'), alpha=0.5)
                 pts.append((xs(c), m, se))
                 if opts['claim'] == 'quality' and series.startswith('n_embd'):   # passes over the training data
-                    above = series == f"n_embd {info[DEFAULT_BASE]['n_embd']}" if DEFAULT_BASE in info else True
+                    above = info[c['base']]['n_embd'] == max(b['n_embd'] for b in info.values())
                     ax.annotate(f"{info[c['base']]['passes']:.1f}x", (xs(c), m), fontsize=7,   # one size above
                                 xytext=(4, 4) if above else (-4, -10), ha='left' if above else 'right',   # the other below
                                 textcoords='offset points')

@@ -3215,6 +3215,19 @@ def test_scans_from_ledger_trains_nothing_on_any_machine(tmp_path, monkeypatch):
         assert (bases[name]['params'], bases[name]['tokens'], bases[name]['val_loss']) == \
             (summary['params'], summary['tokens'], summary['val_loss'])
         assert bases[name]['base_weights_sha256'] == scans.base_weights_sha256(ckpt)
+        assert bases[name]['machine'] == scans.this_machine()
+    # the table's hours: every arm run's and base's logged steps (ms_per_iter x steps), read here
+    def logged_seconds(folder):
+        rows = [json.loads(line) for line in open(os.path.join(folder, 'metrics.jsonl'))]
+        return sum(r['ms_per_iter'] * r['steps'] for r in rows if r['kind'] == 'train') / 1e3
+    for name in ('a', 'b'):
+        assert bases[name]['train_seconds'] == pytest.approx(logged_seconds(tmp_path / 'bases' / f'base_{name}'))
+    # a base that is the shipped one is recorded as such, not as this machine's
+    monkeypatch.setattr(compare, 'shipped_base', str(tmp_path / 'bases' / 'base_a'))
+    os.remove(tmp_path / 'scan_bases.json')
+    assert scans.main(args) == cells
+    assert json.loads((tmp_path / 'scan_bases.json').read_text())['a']['machine'] == 'shipped with the repository'
+    (tmp_path / 'scan_bases.json').write_text(json.dumps(bases))
     shutil.rmtree(tmp_path / 'bases')
     shutil.rmtree(tmp_path / 'scans')
 
@@ -3226,6 +3239,15 @@ def test_scans_from_ledger_trains_nothing_on_any_machine(tmp_path, monkeypatch):
     assert (tmp_path / 'scans' / 'size.md').read_text() == md and (tmp_path / 'scans' / 'size.png').is_file()
     assert not (tmp_path / 'bases').exists()
     ledger = json.loads((tmp_path / 'ledger.json').read_text())
+    # the table's hours are every arm run's training time and every base's (here made whole hours)
+    runs_used = {r['out_dir'] for c in cells for r in c['seeds'] + c['sweep_runs']}
+    (tmp_path / 'ledger.json').write_text(json.dumps({k: {**e, 'train_seconds': 360.0} for k, e in ledger.items()}))
+    (tmp_path / 'scan_bases.json').write_text(json.dumps({k: {**b, 'train_seconds': 7200.0} for k, b in bases.items()}))
+    scans.main(args + ['--from_ledger=True'])
+    assert f"{len(runs_used)} arm runs and 2 bases, {(2 * 7200 + 360 * len(runs_used)) / 3600:.2f} hours" in \
+        (tmp_path / 'scans' / 'size.md').read_text()
+    (tmp_path / 'ledger.json').write_text(json.dumps(ledger))
+    (tmp_path / 'scan_bases.json').write_text(json.dumps(bases))
     name = os.path.basename(cells[-1]['seeds'][-1]['out_dir'])
     seed = cells[-1]['seeds'][-1]['seed']   # the error names the run by what it is, its seed too
     match = re.escape(f"run {name} (") + rf".*seed {seed}\) is not in"
